@@ -1,0 +1,253 @@
+"""The ``snapdb`` command line: parse options, call `snapdb.commands`, render the result.
+
+This is the only module that prints, draws progress or exits. Errors become one line
+``error: …`` (plus ``hint: …``) on stderr and the exit code of their class (docs/exit-codes.md);
+``--debug`` adds the traceback. Progress bars appear only when stderr is a terminal and neither
+``--quiet`` nor ``--json`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import traceback
+from contextlib import contextmanager
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from . import commands
+from .config import load_config
+from .errors import SnapdbError
+from .progress import NULL, Reporter
+
+app = typer.Typer(
+    help="PostgreSQL snapshots, restores swapped in by rename, and release-tagged upgrades.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel database sessions.")]
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store URL (overrides config and SNAPDB_STORE).")]
+
+
+class State:
+    config_path: str | None = None
+    quiet = False
+    debug = False
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    config: Annotated[Optional[str], typer.Option("--config", help="Path of snapdb.toml.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    state.config_path, state.quiet, state.debug = config, quiet, debug
+    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+@contextmanager
+def _errors():
+    """Turn library exceptions into one error line and the documented exit code."""
+    try:
+        yield
+    except SnapdbError as exc:
+        if state.debug:
+            traceback.print_exc()
+        err.print(f"error: {exc.message}", markup=False)
+        if exc.hint:
+            err.print(f"hint: {exc.hint}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("error: interrupted", markup=False)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except Exception as exc:
+        if state.debug:
+            traceback.print_exc()
+        err.print(f"error: internal error: {type(exc).__name__}: {exc}", markup=False)
+        err.print("hint: run again with --debug and report the traceback", markup=False)
+        raise typer.Exit(1) from None
+
+
+class RichReporter(Reporter):
+    """Draws one progress bar per phase on stderr."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._task = None
+        self._by_bytes = False
+
+    def phase(self, name, total_bytes=None, total_items=None):
+        with self._lock:
+            self._stop()
+            self._by_bytes = bool(total_bytes)
+            cols = [TextColumn("{task.description}"), BarColumn()]
+            cols += [DownloadColumn(), TransferSpeedColumn()] if self._by_bytes else [MofNCompleteColumn()]
+            cols += [TimeRemainingColumn()]
+            self._progress = Progress(*cols, console=err, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(name, total=total_bytes if self._by_bytes else total_items)
+
+    def advance(self, nbytes=0, items=0):
+        with self._lock:
+            if self._progress is not None:
+                self._progress.advance(self._task, nbytes if self._by_bytes else items)
+
+    def done(self):
+        with self._lock:
+            self._stop()
+
+    def _stop(self):
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _reporter(as_json: bool) -> Reporter:
+    if state.quiet or as_json or not sys.stderr.isatty():
+        return NULL
+    return RichReporter()
+
+
+def _say(text: str) -> None:
+    if not state.quiet:
+        err.print(text, markup=False)
+
+
+def _emit_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@app.command()
+def snapshot(
+    source: Annotated[str, typer.Argument(help="Service name or postgresql:// URL.")],
+    label: Annotated[Optional[str], typer.Option("--label", help="Free text stored in the manifest.")] = None,
+    jobs: JobsOpt = 2,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a consistent, verified, zstd-compressed snapshot of SOURCE.
+
+    Example: snapdb snapshot prod --label nightly
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        info = commands.snapshot(cfg, source, label=label, jobs=jobs, store=store, reporter=_reporter(as_json))
+    if as_json:
+        _emit_json(info.to_json())
+    else:
+        typer.echo(info.id)
+
+
+@app.command()
+def snapshots(
+    source: Annotated[Optional[str], typer.Argument(help="Only snapshots of this source.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List snapshots, newest first.
+
+    Example: snapdb snapshots prod
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        items = commands.snapshots(cfg, source, store=store)
+    if as_json:
+        _emit_json([i.to_json() for i in items])
+        return
+    table = Table("id", "source", "created", "size", "ratio", "release", "label")
+    for col in table.columns[:3]:
+        col.no_wrap = True
+    for i in items:
+        table.add_row(i.id, i.source, i.created_at, _human_size(i.stored_bytes), f"{i.ratio:.1f}x",
+                      i.release or "", i.label or "")
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@app.command()
+def restore(
+    into: Annotated[str, typer.Option("--into", help="Target: service name, URL or bare database name.")],
+    from_: Annotated[Optional[str], typer.Option("--from", help="Latest snapshot of this source.")] = None,
+    snapshot_id: Annotated[Optional[str], typer.Option("--snapshot", help="Snapshot id to restore.")] = None,
+    server: Annotated[Optional[str], typer.Option("--server", help="Server (service or URL) for a bare database name.")] = None,
+    jobs: JobsOpt = 2,
+    keep_previous: Annotated[int, typer.Option("--keep-previous", min=0, help="Previous copies to keep.")] = 1,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
+
+    Example: snapdb restore --into service0-dev --from prod
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.restore(
+            cfg, into, from_=from_, snapshot_id=snapshot_id, server=server, jobs=jobs,
+            keep_previous=keep_previous, store=store, reporter=_reporter(as_json),
+        )
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
+         f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, verified")
+    if res.previous:
+        _say(f"previous copy kept as {res.previous}")
+    for d in res.dropped_previous:
+        _say(f"dropped older copy {d}")
+
+
+@app.command()
+def verify(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id.")],
+    against: Annotated[Optional[str], typer.Option("--against", help="Compare this database (service or URL) with the snapshot.")] = None,
+    jobs: JobsOpt = 2,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a snapshot's files, and with --against compare a live database with it.
+
+    Example: snapdb verify 20261127T170512Z-ab12cd --against dev
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.verify(cfg, snapshot_id, against=against, jobs=jobs, store=store, reporter=_reporter(as_json))
+        if as_json:
+            _emit_json(res.to_json())
+        else:
+            for p in res.problems:
+                typer.echo(str(p))
+            if res.ok:
+                _say(f"snapshot {res.snapshot_id}: ok" + (f", {against} matches" if against else ""))
+        commands.raise_if_failed(res)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

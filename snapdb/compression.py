@@ -1,0 +1,113 @@
+"""zstd streams over store objects, with sha256 and sizes computed on the fly.
+
+Contract: `ZstdSink` compresses whatever is written into one store object in bounded memory (a
+fixed write buffer plus zstd's window) and reports the stored object's sha256 and size and the
+uncompressed size. `open_zstd` returns a streaming decompressor over a stored object.
+`digest` re-reads an object and returns its sha256 and size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from .store import Store
+
+LEVEL = 3
+WRITE_BUFFER = 1 << 20
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class FileEntry:
+    """One stored file as the manifest records it."""
+
+    path: str
+    sha256: str
+    size: int
+    raw_size: int
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size, "raw_size": self.raw_size}
+
+
+class _Hashing:
+    """A write-only file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class ZstdSink:
+    """Compress a stream into `store` under `key`; use as a context manager.
+
+    The object is published only if the block exits cleanly. `entry` holds the result after exit.
+    """
+
+    def __init__(self, store: Store, key: str, path: str, level: int = LEVEL, threads: int = 0) -> None:
+        self.store, self.key, self.path = store, key, path
+        self.level, self.threads = level, threads
+        self.raw_size = 0
+        self._buf = bytearray()
+        self.entry: FileEntry | None = None
+
+    def __enter__(self) -> ZstdSink:
+        self._cm = self.store.writer(self.key)
+        f = self._cm.__enter__()
+        self._hashing = _Hashing(f)
+        cctx = zstandard.ZstdCompressor(level=self.level, threads=self.threads, write_checksum=True)
+        self._z = cctx.stream_writer(self._hashing, closefd=False)
+        return self
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._buf += data
+        if len(self._buf) >= WRITE_BUFFER:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._buf:
+            self.raw_size += len(self._buf)
+            self._z.write(self._buf)
+            self._buf = bytearray()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                self._drain()
+                self._z.flush(zstandard.FLUSH_FRAME)
+                self._z.close()
+        finally:
+            self._cm.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.entry = FileEntry(self.path, self._hashing.sha.hexdigest(), self._hashing.size, self.raw_size)
+        return False
+
+
+def open_zstd(store: Store, key: str) -> BinaryIO:
+    """Return a streaming decompressor reading the stored object `key`."""
+    raw = store.reader(key)
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_CHUNK, closefd=True)
+
+
+def digest(store: Store, key: str) -> tuple[str, int]:
+    """Return (sha256 hex, size) of the stored object `key`, reading it in chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with store.reader(key) as f:
+        while chunk := f.read(READ_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size

@@ -1,0 +1,195 @@
+"""Load ``snapdb.toml`` and resolve service names and libpq URLs into connection targets.
+
+Lookup order for the file: ``--config`` argument, ``$SNAPDB_CONFIG``, ``./snapdb.toml``. A missing
+file is fine (an empty configuration: URLs and ``--store`` still work); a file that does not parse,
+an unknown key, a missing service or a malformed URL raise `ConfigError`.
+
+Passwords: snapdb never holds one. A URL that carries a password is refused; libpq finds
+passwords itself in ``.pgpass``, ``PGPASSWORD`` or service files.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import ConfigError
+
+ROLES = ("production", "standby", "dev")
+_TOP_KEYS = {"store", "services"}
+_STORE_KEYS = {"url"}
+_SERVICE_KEYS = {"url", "role", "migrations"}
+_URL_PREFIXES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A database on a server: libpq parameters without any password.
+
+    `params` holds libpq keywords (host, port, user, dbname, sslmode, ...). `name` is the
+    service name when it came from the configuration, else None.
+    """
+
+    params: dict[str, str]
+    name: str | None = None
+    role: str | None = None
+    migrations: str | None = None
+
+    @property
+    def dbname(self) -> str:
+        return self.params.get("dbname") or os.environ.get("PGDATABASE") or self.user
+
+    @property
+    def user(self) -> str:
+        import getpass
+
+        return self.params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+
+    @property
+    def host(self) -> str:
+        return self.params.get("host") or os.environ.get("PGHOST") or "/var/run/postgresql"
+
+    @property
+    def port(self) -> str:
+        return str(self.params.get("port") or os.environ.get("PGPORT") or "5432")
+
+    @property
+    def source_name(self) -> str:
+        """The name a snapshot of this endpoint is filed under: service name, else dbname."""
+        return self.name or self.dbname
+
+    def conninfo(self, dbname: str | None = None) -> str:
+        """Return a libpq conninfo string (never contains a password)."""
+        params = dict(self.params)
+        if dbname is not None:
+            params["dbname"] = dbname
+        params.setdefault("application_name", "snapdb")
+        return make_conninfo(**params)
+
+    def with_dbname(self, dbname: str, name: str | None = None) -> Endpoint:
+        """Return the same server with another database (and service name)."""
+        return replace(self, params={**self.params, "dbname": dbname}, name=name, role=None)
+
+    def display(self) -> str:
+        """Return a short, credential-free description: ``host:port/dbname``."""
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def server_key(self) -> tuple[str, str]:
+        """Identify the server (host, port) for same-database comparisons."""
+        return (self.host, self.port)
+
+
+@dataclass
+class Config:
+    """Parsed configuration: the store URL and the named services."""
+
+    store_url: str | None = None
+    services: dict[str, Endpoint] = field(default_factory=dict)
+    path: Path | None = None
+
+    def endpoint(self, ref: str) -> Endpoint:
+        """Resolve a service name or a libpq URL to an `Endpoint`.
+
+        Raises `ConfigError` for an unknown service or a malformed URL.
+        """
+        if ref in self.services:
+            return self.services[ref]
+        if is_url(ref):
+            return Endpoint(params=parse_url(ref, what="URL"))
+        known = ", ".join(sorted(self.services)) or "none configured"
+        raise ConfigError(
+            f"unknown service {ref!r} (services: {known})",
+            hint="give a service from snapdb.toml or a postgresql:// URL",
+        )
+
+    def store(self, override: str | None = None) -> str:
+        """Return the store URL: `override`, ``$SNAPDB_STORE``, then the config file's."""
+        url = override or os.environ.get("SNAPDB_STORE") or self.store_url
+        if not url:
+            raise ConfigError(
+                "no snapshot store configured",
+                hint="set [store] url in snapdb.toml, SNAPDB_STORE, or pass --store",
+            )
+        return url
+
+
+def is_url(ref: str) -> bool:
+    return ref.startswith(_URL_PREFIXES) or ("=" in ref and " " in ref.strip())
+
+
+def parse_url(url: str, what: str) -> dict[str, str]:
+    """Parse a libpq URL or conninfo string; refuse one that carries a password."""
+    try:
+        params = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError; message is libpq's, no secret in it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise ConfigError(f"malformed {what}: {first}") from None
+    if params.get("password"):
+        raise ConfigError(
+            f"{what} contains a password; snapdb refuses to hold passwords",
+            hint="remove it from the URL and use ~/.pgpass, PGPASSWORD or a pg_service.conf entry",
+        )
+    return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the configuration (see module docstring for the lookup order)."""
+    explicit = path or os.environ.get("SNAPDB_CONFIG")
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+    else:
+        p = Path("snapdb.toml")
+        if not p.is_file():
+            return Config()
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: {str(exc).splitlines()[0]}") from None
+    return _parse(data, p)
+
+
+def _parse(data: dict, path: Path) -> Config:
+    _check_keys(data, _TOP_KEYS, str(path))
+    cfg = Config(path=path)
+    store = data.get("store", {})
+    if not isinstance(store, dict):
+        raise ConfigError(f"{path}: [store] must be a table")
+    _check_keys(store, _STORE_KEYS, f"{path} [store]")
+    if "url" in store:
+        if not isinstance(store["url"], str) or not store["url"]:
+            raise ConfigError(f"{path}: [store] url must be a non-empty string")
+        cfg.store_url = store["url"]
+    services = data.get("services", {})
+    if not isinstance(services, dict):
+        raise ConfigError(f"{path}: [services] must contain tables like [services.prod]")
+    for name, svc in services.items():
+        where = f"{path} [services.{name}]"
+        if not isinstance(svc, dict):
+            raise ConfigError(f"{where} must be a table")
+        _check_keys(svc, _SERVICE_KEYS, where)
+        url = svc.get("url")
+        if not isinstance(url, str) or not url:
+            raise ConfigError(f"{where}: url is required")
+        role = svc.get("role", "dev")
+        if role not in ROLES:
+            raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
+        migrations = svc.get("migrations")
+        if migrations is not None and not isinstance(migrations, str):
+            raise ConfigError(f"{where}: migrations must be a path string")
+        params = parse_url(url, what=f"url of service {name!r}")
+        cfg.services[name] = Endpoint(params=params, name=name, role=role, migrations=migrations)
+    return cfg
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}", hint=f"allowed keys: {', '.join(sorted(allowed))}"
+        )

@@ -1,0 +1,160 @@
+"""The snapshot manifest: what a snapshot contains, and the rule that makes it exist.
+
+A snapshot is the set of objects under ``snapshots/<id>/`` in the store; it exists only once
+``snapshots/<id>/manifest.json`` is present, and that file is written last, atomically. The
+manifest never holds a password, a user name or a full URL: only host, port and database name.
+The format is described for humans in ``docs/snapshot-format.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from .compression import FileEntry
+from .errors import IntegrityError, StoreError
+from .postgres import DatabaseProps, SequenceValue, TableRef
+from .store import MissingError, Store
+
+FORMAT = "snapdb-snapshot/1"
+PREFIX = "snapshots/"
+MANIFEST = "manifest.json"
+SCHEMA_FILE = "schema.dump.zst"
+
+
+def new_id(now: datetime) -> str:
+    """Return a fresh snapshot id: UTC time plus a random suffix, sortable by time."""
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def key(snapshot_id: str, path: str) -> str:
+    return f"{PREFIX}{snapshot_id}/{path}"
+
+
+@dataclass
+class TableEntry:
+    schema: str
+    name: str
+    columns: list[str]
+    file: str
+    rows: int
+    checksum: str
+
+    def ref(self) -> TableRef:
+        return TableRef(self.schema, self.name, list(self.columns))
+
+
+@dataclass
+class Manifest:
+    id: str
+    source: str
+    created_at: str
+    label: str | None
+    server: dict  # version, version_num, host, port, dbname, system_identifier
+    pg_dump_version: str
+    database: DatabaseProps
+    schema_file: str
+    files: list[FileEntry]
+    tables: list[TableEntry]
+    sequences: list[SequenceValue]
+    large_objects: int
+    release: dict | None = None
+    format: str = FORMAT
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(f.raw_size for f in self.files)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.created_at)
+
+    def to_json(self) -> dict:
+        return {
+            "format": self.format,
+            "id": self.id,
+            "source": self.source,
+            "created_at": self.created_at,
+            "label": self.label,
+            "release": self.release,
+            "server": self.server,
+            "pg_dump_version": self.pg_dump_version,
+            "database": asdict(self.database),
+            "schema_file": self.schema_file,
+            "files": [f.to_json() for f in self.files],
+            "tables": [asdict(t) for t in self.tables],
+            "sequences": [asdict(s) for s in self.sequences],
+            "large_objects": self.large_objects,
+            "totals": {"stored_bytes": self.stored_bytes, "raw_bytes": self.raw_bytes, "rows": self.rows},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise IntegrityError(f"unsupported snapshot format {data.get('format')!r}")
+        try:
+            return cls(
+                id=data["id"], source=data["source"], created_at=data["created_at"],
+                label=data.get("label"), server=data["server"],
+                pg_dump_version=data["pg_dump_version"],
+                database=DatabaseProps(**data["database"]),
+                schema_file=data["schema_file"],
+                files=[FileEntry(**f) for f in data["files"]],
+                tables=[TableEntry(**t) for t in data["tables"]],
+                sequences=[SequenceValue(**s) for s in data["sequences"]],
+                large_objects=int(data["large_objects"]),
+                release=data.get("release"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"malformed manifest: {exc}") from None
+
+
+def write_manifest(store: Store, manifest: Manifest) -> None:
+    """Publish the manifest (atomically): from now on the snapshot exists."""
+    data = json.dumps(manifest.to_json(), indent=1, ensure_ascii=False).encode("utf-8")
+    with store.writer(key(manifest.id, MANIFEST)) as f:
+        f.write(data)
+
+
+def read_manifest(store: Store, snapshot_id: str) -> Manifest:
+    """Read one snapshot's manifest; `StoreError` if there is no such snapshot."""
+    if not snapshot_id or "/" in snapshot_id or snapshot_id.startswith("."):
+        raise StoreError(f"invalid snapshot id {snapshot_id!r}")
+    try:
+        with store.reader(key(snapshot_id, MANIFEST)) as f:
+            raw = f.read()
+    except MissingError:
+        raise StoreError(
+            f"no snapshot {snapshot_id!r} in {store.describe()}", hint="list them with: snapdb snapshots"
+        ) from None
+    try:
+        return Manifest.from_json(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"snapshot {snapshot_id}: manifest is not valid JSON ({exc.msg})") from None
+
+
+def list_manifests(store: Store, source: str | None = None) -> list[Manifest]:
+    """Return the store's snapshots (of `source` if given), newest first."""
+    out = []
+    for k in store.list(PREFIX):
+        parts = k[len(PREFIX):].split("/")
+        if len(parts) == 2 and parts[1] == MANIFEST:
+            m = read_manifest(store, parts[0])
+            if source is None or m.source == source:
+                out.append(m)
+    out.sort(key=lambda m: (m.created_at, m.id), reverse=True)
+    return out
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)

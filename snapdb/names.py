@@ -1,0 +1,62 @@
+"""Derive the names of snapdb's side databases (temporary build, previous copies).
+
+PostgreSQL silently truncates identifiers to 63 bytes, so every derived name is built to fit:
+when ``target + suffix`` would be too long, the target part is cut on a UTF-8 character boundary
+and a short hash of the full target name is added, so two long targets never share names.
+The functions are pure and deterministic: the next run derives the same temporary name and can
+remove a build that a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+MAX_IDENT_BYTES = 63
+TMP_SUFFIX = "__snapdb_new"
+PREV_MARK = "__prev_"
+
+
+def _fit(target: str, suffix: str) -> str:
+    """Return ``target + suffix`` if it fits in 63 bytes, else a hashed, truncated form."""
+    full = target + suffix
+    if len(full.encode("utf-8")) <= MAX_IDENT_BYTES:
+        return full
+    tag = "~" + hashlib.sha256(target.encode("utf-8")).hexdigest()[:8]
+    room = MAX_IDENT_BYTES - len((tag + suffix).encode("utf-8"))
+    return truncate_bytes(target, room) + tag + suffix
+
+
+def truncate_bytes(text: str, limit: int) -> str:
+    """Cut `text` to at most `limit` UTF-8 bytes without splitting a character."""
+    data = text.encode("utf-8")[: max(limit, 0)]
+    return data.decode("utf-8", errors="ignore")
+
+
+def tmp_name(target: str) -> str:
+    """Name of the database a restore into `target` is built in."""
+    return _fit(target, TMP_SUFFIX)
+
+
+def prev_prefix(target: str) -> str:
+    """Common prefix of the previous copies of `target`."""
+    return _fit(target, PREV_MARK + "00000000T000000")[: -len("00000000T000000")]
+
+
+def prev_name(target: str, when: datetime) -> str:
+    """Name for the copy of `target` set aside at `when` (UTC, second resolution)."""
+    return prev_prefix(target) + when.strftime("%Y%m%dT%H%M%S")
+
+
+def is_prev_of(target: str, dbname: str) -> bool:
+    """Tell whether `dbname` is a previous copy of `target`."""
+    prefix = prev_prefix(target)
+    stamp = dbname[len(prefix):]
+    return dbname.startswith(prefix) and len(stamp) == 15 and stamp[8] == "T" and (
+        stamp[:8] + stamp[9:]
+    ).isdigit()
+
+
+def valid_dbname(name: str) -> bool:
+    """Tell whether `name` can be a database name (non-empty, no NUL, at most 63 bytes)."""
+    return bool(name) and "\x00" not in name and len(name.encode("utf-8")) <= MAX_IDENT_BYTES

@@ -1,0 +1,133 @@
+"""Find and run PostgreSQL's own client programs (pg_dump, pg_restore) for a server version.
+
+Contract: `find_tool(name, server_major)` returns a binary whose major version equals the server's
+(preferred) or is newer (pg_dump refuses newer servers; pg_restore reads older archives).
+`run_tool` runs it without a shell and never puts a password in argv: connection parameters go
+in a conninfo string that never contains one, and libpq reads ``.pgpass``/``PGPASSWORD`` itself.
+A non-zero exit becomes the error class the caller names, with the tool's last stderr lines.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections import deque
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import SnapdbError, ToolError
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+@lru_cache(maxsize=None)
+def tool_version(path: str) -> tuple[int, int]:
+    """Return (major, minor) of a PostgreSQL client binary."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except OSError as exc:
+        raise ToolError(f"cannot run {path}: {exc.strerror}") from None
+    m = _VERSION_RE.search(out)
+    if not m:
+        raise ToolError(f"cannot tell the version of {path} (printed {out.strip()!r})")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def candidate_dirs(major: int | None = None) -> list[str]:
+    """Directories searched for PostgreSQL binaries, most specific first."""
+    dirs: list[str] = []
+    if os.environ.get("SNAPDB_PG_BINDIR"):
+        dirs.append(os.environ["SNAPDB_PG_BINDIR"])
+    if major is not None:
+        dirs.append(f"/usr/lib/postgresql/{major}/bin")
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 and out.stdout.strip():
+                dirs.append(out.stdout.strip())
+        except OSError:
+            pass
+    dirs.extend(os.environ.get("PATH", "").split(os.pathsep))
+    dirs.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+    dirs.extend(sorted(glob.glob("/usr/local/pgsql*/bin"), reverse=True))
+    seen: list[str] = []
+    for d in dirs:
+        if d and d not in seen:
+            seen.append(d)
+    return seen
+
+
+def find_tool(name: str, server_major: int) -> str:
+    """Return the path of `name` best matched to `server_major` (exact, else the oldest newer)."""
+    found: list[tuple[int, str]] = []
+    for d in candidate_dirs(server_major):
+        path = os.path.join(d, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            major = tool_version(path)[0]
+            if major == server_major:
+                return path
+            if major > server_major:
+                found.append((major, path))
+    if found:
+        return sorted(found)[0][1]
+    raise ToolError(
+        f"no {name} of PostgreSQL {server_major} or newer found",
+        hint=f"install the PostgreSQL {server_major} client programs or set SNAPDB_PG_BINDIR",
+    )
+
+
+def run_tool(
+    argv: list[str],
+    error_cls: type[SnapdbError],
+    what: str,
+    stdout_path: Path | None = None,
+) -> None:
+    """Run a client program to completion; raise `error_cls` with its stderr tail on failure.
+
+    stderr is drained by a thread (kept: the last 20 lines) so a chatty tool cannot block.
+    """
+    env = dict(os.environ)
+    env.setdefault("PGAPPNAME", "snapdb")
+    out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.PIPE, env=env)
+    except OSError as exc:
+        raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from None
+    finally:
+        if stdout_path:
+            out.close()
+    tail: deque[str] = deque(maxlen=20)
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            tail.append(raw.decode("utf-8", "replace").rstrip())
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    t.join()
+    if rc != 0:
+        errors = [ln for ln in tail if "error" in ln.lower()] or list(tail)
+        detail = errors[-1] if errors else f"exit status {rc}"
+        detail = re.sub(r"^(pg_dump|pg_restore): (error: )?", "", detail)
+        raise error_cls(f"{what} failed: {detail}")
+
+
+def conninfo_arg(conninfo: str) -> list[str]:
+    """Return the ``-d`` arguments for a conninfo string (which never carries a password)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert not conninfo_to_dict(conninfo).get("password"), "conninfo must not carry a password"
+    return ["--no-password", "-d", conninfo]

@@ -1,0 +1,354 @@
+"""PostgreSQL mechanics through psycopg: connections, catalog reads, database-level properties.
+
+Every identifier goes through `psycopg.sql.Identifier`; no SQL is built by string formatting of
+names. Connection failures become the caller's error class with libpq's first message line
+(libpq messages never include the password). Sessions that read or write table data use
+`DATA_SESSION_SETTINGS`, so COPY text is byte-identical on both sides of a restore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from .config import Endpoint
+from .errors import SnapdbError
+
+#: settings that make COPY text output deterministic and unaffected by the caller's environment
+DATA_SESSION_SETTINGS = {
+    "DateStyle": "ISO",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "TimeZone": "UTC",
+    "bytea_output": "hex",
+    "row_security": "off",
+    "search_path": "",
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+}
+
+
+def connect(
+    ep: Endpoint,
+    error_cls: type[SnapdbError],
+    dbname: str | None = None,
+    autocommit: bool = False,
+) -> psycopg.Connection:
+    """Open a connection to `ep` (or another database on its server)."""
+    try:
+        return psycopg.connect(ep.conninfo(dbname), autocommit=autocommit, connect_timeout=30)
+    except psycopg.Error as exc:
+        where = f"{ep.host}:{ep.port}/{dbname if dbname is not None else ep.dbname}"
+        raise error_cls(f"cannot connect to {where}: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    for prefix in ("connection failed: ", "FATAL:  ", "ERROR:  "):
+        line = line.replace(prefix, "")
+    return line
+
+
+def apply_data_settings(conn: psycopg.Connection, encoding: str | None = None) -> None:
+    """Set `DATA_SESSION_SETTINGS` (and the client encoding) on a session."""
+    settings = dict(DATA_SESSION_SETTINGS)
+    if encoding:
+        settings["client_encoding"] = encoding
+    for name, value in settings.items():
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+
+
+def server_version_num(conn: psycopg.Connection) -> int:
+    return conn.info.server_version
+
+
+def version_string(num: int) -> str:
+    return f"{num // 10000}.{num % 10000}"
+
+
+@dataclass
+class TableRef:
+    """A table whose rows snapdb copies itself; `columns` excludes dropped and generated ones."""
+
+    schema: str
+    name: str
+    columns: list[str]
+    bytes: int = 0
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def column_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+
+
+_TABLES_SQL = """
+SELECT n.nspname, c.relname,
+       coalesce(array_agg(a.attname ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                '{}') AS cols,
+       pg_catalog.pg_relation_size(c.oid) AS bytes
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND c.relpersistence <> 't'
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = n.oid
+                    AND d.deptype = 'e')
+GROUP BY n.nspname, c.relname, c.oid
+ORDER BY bytes DESC, n.nspname, c.relname
+"""
+
+
+def list_tables(conn: psycopg.Connection) -> list[TableRef]:
+    """Return the user tables whose data snapdb copies, largest first.
+
+    Excluded: catalogs, temporary tables, and extension members (pg_dump handles extension
+    configuration tables itself). Partitions are included (their parents hold no rows).
+    """
+    rows = conn.execute(_TABLES_SQL).fetchall()
+    return [TableRef(r[0], r[1], list(r[2]), int(r[3])) for r in rows]
+
+
+@dataclass
+class SequenceValue:
+    schema: str
+    name: str
+    last_value: int
+    is_called: bool
+
+
+def read_sequences(conn: psycopg.Connection) -> list[SequenceValue]:
+    """Return every non-extension sequence's state, as seen by the current transaction."""
+    names = conn.execute(
+        """SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')
+           ORDER BY 1, 2"""
+    ).fetchall()
+    out = []
+    for schema, name in names:
+        row = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))
+        ).fetchone()
+        out.append(SequenceValue(schema, name, int(row[0]), bool(row[1])))
+    return out
+
+
+def large_object_count(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()[0])
+
+
+@dataclass
+class DatabaseProps:
+    """Database-level properties that pg_dump (without --create) does not carry."""
+
+    encoding: str
+    collate: str
+    ctype: str
+    locale_provider: str = "c"
+    icu_locale: str | None = None
+    owner: str = ""
+    comment: str | None = None
+    connection_limit: int = -1
+    acl: list[dict] | None = None  # None: default privileges
+    settings: list[str] = field(default_factory=list)  # "name=value" as in pg_db_role_setting
+    role_settings: dict[str, list[str]] = field(default_factory=dict)
+
+
+def read_database_props(conn: psycopg.Connection, dbname: str) -> DatabaseProps:
+    """Read `dbname`'s properties from the shared catalogs."""
+    row = conn.execute(
+        """SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+                  d.datlocprovider::text, d.daticulocale, pg_catalog.pg_get_userbyid(d.datdba),
+                  pg_catalog.shobj_description(d.oid, 'pg_database'), d.datconnlimit,
+                  d.datacl IS NULL, d.oid
+           FROM pg_catalog.pg_database d WHERE d.datname = %s""",
+        (dbname,),
+    ).fetchone()
+    if row is None:
+        raise SnapdbError(f"database {dbname!r} not found")
+    props = DatabaseProps(
+        encoding=row[0], collate=row[1], ctype=row[2], locale_provider=row[3],
+        icu_locale=row[4], owner=row[5], comment=row[6], connection_limit=row[7],
+    )
+    oid = row[9]
+    if not row[8]:
+        props.acl = [
+            {"grantee": g, "privilege": p, "grantable": bool(gr)}
+            for g, p, gr in conn.execute(
+                """SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                               ELSE pg_catalog.pg_get_userbyid(a.grantee) END,
+                          a.privilege_type, a.is_grantable
+                   FROM pg_catalog.pg_database d, LATERAL pg_catalog.aclexplode(d.datacl) a
+                   WHERE d.oid = %s ORDER BY 1, 2""",
+                (oid,),
+            ).fetchall()
+        ]
+    for role, setconfig in conn.execute(
+        """SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole) END,
+                  s.setconfig
+           FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase = %s ORDER BY 1 NULLS FIRST""",
+        (oid,),
+    ).fetchall():
+        if role is None:
+            props.settings = list(setconfig or [])
+        else:
+            props.role_settings[role] = list(setconfig or [])
+    return props
+
+
+#: settings whose values are lists of separately quoted elements (as in pg_dumpall)
+_LIST_QUOTE_GUCS = {
+    "search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries",
+    "local_preload_libraries", "unix_socket_directories",
+}
+
+
+def _split_guc_list(value: str) -> list[str]:
+    """Split a GUC list value such as ``"$user", public`` into its elements."""
+    out, cur, i, quoted = [], "", 0, False
+    while i < len(value):
+        ch = value[i]
+        if quoted:
+            if ch == '"' and value[i + 1:i + 2] == '"':
+                cur += '"'
+                i += 1
+            elif ch == '"':
+                quoted = False
+            else:
+                cur += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ",":
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    if cur.strip() or out:
+        out.append(cur.strip())
+    return out
+
+
+def setting_clause(item: str) -> sql.Composable:
+    """Turn a ``name=value`` entry of pg_db_role_setting into ``SET name = value`` SQL."""
+    name, _, value = item.partition("=")
+    if name.lower() in _LIST_QUOTE_GUCS:
+        values = sql.SQL(", ").join(sql.Literal(v) for v in _split_guc_list(value))
+    else:
+        values = sql.Literal(value)
+    return sql.SQL("SET {} = {}").format(sql.Identifier(name), values)
+
+
+def apply_database_props(conn: psycopg.Connection, dbname: str, props: DatabaseProps) -> None:
+    """Re-apply owner, comment, connection limit, grants and settings onto `dbname`.
+
+    Existing database-level settings of `dbname` are reset first, so the result equals `props`.
+    Runs in the caller's transaction.
+    """
+    db = sql.Identifier(dbname)
+    if props.owner:
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(props.owner)))
+    conn.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            db, sql.Literal(props.comment) if props.comment is not None else sql.SQL("NULL")
+        )
+    )
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(props.connection_limit))
+    )
+    if props.acl is not None:
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        if props.owner:
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, sql.Identifier(props.owner)))
+        for g in props.acl:
+            grantee = sql.SQL("PUBLIC") if g["grantee"] == "PUBLIC" else sql.Identifier(g["grantee"])
+            conn.execute(
+                sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                    sql.SQL(g["privilege"]), db, grantee,
+                    sql.SQL(" WITH GRANT OPTION") if g["grantable"] else sql.SQL(""),
+                )
+            )
+    conn.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
+    for item in props.settings:
+        conn.execute(sql.SQL("ALTER DATABASE {} ").format(db) + setting_clause(item))
+    for role, items in props.role_settings.items():
+        for item in items:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(role), db)
+                + setting_clause(item)
+            )
+
+
+def database_exists(conn: psycopg.Connection, dbname: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (dbname,)).fetchone() is not None
+
+
+def list_databases(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT datname FROM pg_catalog.pg_database ORDER BY 1")]
+
+
+def system_identifier(conn: psycopg.Connection) -> str | None:
+    """Return the cluster's system identifier, or None when this role may not read it."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT system_identifier::text FROM pg_catalog.pg_control_system()").fetchone()
+        return row[0]
+    except psycopg.Error:
+        return None
+
+
+def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps) -> None:
+    """Create an empty database with the encoding and locale of `props` (autocommit conn)."""
+    parts = [
+        sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(
+            sql.Identifier(dbname), sql.Literal(props.encoding)
+        ),
+        sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(props.collate), sql.Literal(props.ctype)),
+    ]
+    if props.locale_provider == "i":
+        parts.append(sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(props.icu_locale or "")))
+    conn.execute(sql.Composed(parts))
+
+
+def drop_database(conn: psycopg.Connection, dbname: str) -> None:
+    """Drop `dbname` if it exists, terminating its sessions (autocommit conn)."""
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def prepared_xacts(conn: psycopg.Connection, dbname: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = %s", (dbname,))]
+
+
+def terminate_sessions(conn: psycopg.Connection, dbname: str) -> int:
+    rows = conn.execute(
+        """SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+           WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()""",
+        (dbname,),
+    ).fetchall()
+    return len(rows)
+
+
+def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))

@@ -1,0 +1,291 @@
+"""Restore a snapshot into a temporary database, verify it, and swap it in by rename.
+
+Plan and order (each step safe to interrupt; the target is touched only by the final swap):
+
+1. Verify every snapshot file against the manifest (sha256, size).
+2. On the target server's maintenance database: take a session advisory lock for the target
+   (a second run gets `BusyError`), refuse when the target has prepared transactions, drop a
+   temporary database left by an earlier, interrupted run.
+3. ``CREATE DATABASE <tmp>`` with the snapshot's encoding and locale; ``pg_restore`` the
+   pre-data and data sections (schema, sequence values, large objects); load every table with
+   COPY using `jobs` parallel sessions; ``pg_restore -j`` the post-data section (indexes,
+   constraints, triggers, materialized-view refreshes). Every pg_restore runs with
+   ``--exit-on-error``.
+4. Verify the temporary database against the manifest (counts, checksums, sequences, LOs).
+5. Re-apply database-level owner, comment, grants and settings to the temporary database.
+6. Swap, in one transaction: terminate the target's sessions, rename target to a ``__prev_``
+   name, rename the temporary database to the target name. Retried while new sessions race in.
+7. Drop previous copies beyond `keep_previous`.
+
+Any failure before step 6 commits drops the temporary database (best effort; the next run drops
+it otherwise) and leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+
+from . import faults, manifest as mf, names, pgtools
+from .compression import open_zstd
+from .config import Endpoint
+from .errors import BusyError, IntegrityError, RefusedError, SnapdbError, TargetError
+from .postgres import (
+    apply_data_settings, apply_database_props, connect, create_database, database_exists,
+    drop_database, first_line, list_databases, prepared_xacts, rename_database, system_identifier,
+    terminate_sessions,
+)
+from .progress import NULL, Reporter
+from .store import Store
+from .tabledata import load_table
+from .verify import verify_database, verify_files
+
+log = logging.getLogger(__name__)
+
+LOCK_CLASS = 0x5D4B  # advisory lock key space of snapdb ("restore into database")
+SWAP_ATTEMPTS = 5
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do; computed before anything is touched."""
+
+    snapshot_id: str
+    target: str
+    server: str
+    tmp_name: str
+    maintenance_db: str
+    jobs: int
+    keep_previous: int
+
+
+@dataclass
+class RestoreOutcome:
+    target: str
+    previous: str | None
+    dropped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    tables: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+
+def lock_key(target: str) -> int:
+    """32-bit advisory lock key for a target database name."""
+    return int.from_bytes(hashlib.sha256(target.encode("utf-8")).digest()[:4], "big", signed=True)
+
+
+def restore_snapshot(
+    store: Store,
+    manifest: mf.Manifest,
+    server: Endpoint,
+    target: str,
+    *,
+    jobs: int = 2,
+    keep_previous: int = 1,
+    maintenance_db: str = "postgres",
+    reporter: Reporter = NULL,
+) -> RestoreOutcome:
+    """Restore `manifest`'s snapshot into database `target` on `server` (see module docstring)."""
+    started = time.monotonic()
+    jobs = max(1, jobs)
+    if not names.valid_dbname(target):
+        raise TargetError(f"invalid target database name {target!r} (1 to 63 bytes, no NUL)")
+    bad = verify_files(store, manifest, reporter)
+    if bad:
+        raise IntegrityError(
+            f"snapshot {manifest.id} is damaged: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+            hint="the target was not touched; restore another snapshot",
+        )
+    faults.checkpoint("restore:files-verified")
+    maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
+    try:
+        _check_not_source(maint, manifest, server, target)
+        if not maint.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(target))).fetchone()[0]:
+            raise BusyError(
+                f"another snapdb run is restoring into {target!r} on {server.host}:{server.port}",
+                hint="wait for it to finish; nothing was changed",
+            )
+        faults.checkpoint("restore:locked")
+        if database_exists(maint, target):
+            gids = prepared_xacts(maint, target)
+            if gids:
+                raise RefusedError(
+                    f"database {target!r} has {len(gids)} prepared transaction(s) ({gids[0]}); a rename would wait forever",
+                    hint="COMMIT PREPARED or ROLLBACK PREPARED them first",
+                )
+        tmp = names.tmp_name(target)
+        drop_database(maint, tmp)  # a build left by an interrupted run
+        try:
+            create_database(maint, tmp, manifest.database)
+            faults.checkpoint("restore:created")
+            _build(store, manifest, server, tmp, jobs, reporter)
+            faults.checkpoint("restore:loaded")
+            reporter.phase("verifying restore")
+            diffs = verify_database(server, manifest, error_cls=TargetError, dbname=tmp, jobs=jobs, reporter=reporter)
+            if diffs:
+                raise IntegrityError(
+                    f"restored database differs from snapshot {manifest.id}: {diffs[0]}"
+                    + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""),
+                    hint="the target was not touched",
+                )
+            faults.checkpoint("restore:verified")
+            with maint.transaction():
+                apply_database_props(maint, tmp, manifest.database)
+            faults.checkpoint("restore:before-swap")
+            previous = _swap(maint, target, tmp)
+        except BaseException:
+            try:
+                drop_database(maint, tmp)
+            except Exception:
+                log.warning("could not drop %s; the next run will", tmp)
+            raise
+        faults.checkpoint("restore:swapped")
+        outcome = RestoreOutcome(target=target, previous=previous, tables=len(manifest.tables), rows=manifest.rows)
+        outcome.kept, outcome.dropped = _rotate(maint, target, keep_previous)
+    except psycopg.Error as exc:
+        raise TargetError(f"restore into {target!r} failed: {first_line(exc)}", hint="the target is unchanged") from None
+    finally:
+        maint.close()
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _check_not_source(maint: psycopg.Connection, manifest: mf.Manifest, server: Endpoint, target: str) -> None:
+    src = manifest.server
+    if target != src.get("dbname"):
+        return
+    same = (server.host, server.port) == (src.get("host"), str(src.get("port")))
+    sysid = src.get("system_identifier")
+    if sysid and not same:
+        same = system_identifier(maint) == sysid
+    if same:
+        raise RefusedError(
+            f"{target!r} on this server is the snapshot's own source; refusing to replace it",
+            hint="restore into another database, e.g. --into " + target + "-dev",
+        )
+
+
+def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, major: int) -> None:
+    tool = pgtools.find_tool("pg_restore", major)
+    argv = [tool, "--exit-on-error", "--no-tablespaces"] + [f"--section={s}" for s in sections]
+    if jobs > 1:
+        argv.append(f"--jobs={jobs}")
+    argv += pgtools.conninfo_arg(server.conninfo(dbname)) + [str(archive)]
+    pgtools.run_tool(argv, TargetError, f"pg_restore ({'+'.join(sections)})")
+
+
+def _build(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int, reporter: Reporter) -> None:
+    major = max(manifest.server["version_num"] // 10000, int(manifest.pg_dump_version.split(".")[0]))
+    probe = connect(server, TargetError, dbname=tmp)
+    try:
+        major = max(major, probe.info.server_version // 10000)
+    finally:
+        probe.close()
+    workdir = Path(tempfile.mkdtemp(prefix="snapdb-"))
+    try:
+        archive = workdir / "schema.dump"
+        reporter.phase("restoring schema")
+        with open_zstd(store, mf.key(manifest.id, manifest.schema_file)) as src, open(archive, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, major)
+        reporter.done()
+        faults.checkpoint("restore:schema")
+        _load_tables(store, manifest, server, tmp, jobs, reporter)
+        reporter.phase("building indexes and constraints")
+        _pg_restore(server, tmp, archive, ["post-data"], jobs, major)
+        reporter.done()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _load_tables(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int, reporter: Reporter) -> None:
+    sizes = {f.path: f.raw_size for f in manifest.files}
+    tables = sorted(manifest.tables, key=lambda t: -sizes.get(t.file, 0))
+    reporter.phase("loading tables", total_bytes=sum(sizes.get(t.file, 0) for t in tables), total_items=len(tables))
+    work: queue.Queue = queue.Queue()
+    for t in tables:
+        work.put(t)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        conn = None
+        try:
+            conn = connect(server, TargetError, dbname=tmp, autocommit=True)
+            apply_data_settings(conn, manifest.database.encoding)
+            while not errors:
+                try:
+                    t = work.get_nowait()
+                except queue.Empty:
+                    return
+                with conn.transaction(), open_zstd(store, mf.key(manifest.id, t.file)) as src:
+                    load_table(conn, t.ref(), src, on_bytes=lambda n: reporter.advance(nbytes=n))
+                reporter.advance(items=1)
+                faults.checkpoint("restore:table-loaded")
+        except psycopg.Error as exc:
+            errors.append(TargetError(f"loading table data failed: {first_line(exc)}", hint="the target is unchanged"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, len(tables))))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    reporter.done()
+
+
+def _swap(maint: psycopg.Connection, target: str, tmp: str) -> str | None:
+    """Rename target aside and tmp into place in one transaction; return the previous name."""
+    if not database_exists(maint, target):
+        rename_database(maint, tmp, target)
+        return None
+    existing = set(list_databases(maint))
+    when = mf.utcnow()
+    prev = names.prev_name(target, when)
+    while prev in existing:
+        when += timedelta(seconds=1)
+        prev = names.prev_name(target, when)
+    last: psycopg.Error | None = None
+    for attempt in range(SWAP_ATTEMPTS):
+        try:
+            with maint.transaction():
+                terminate_sessions(maint, target)
+                rename_database(maint, target, prev)
+                rename_database(maint, tmp, target)
+            return prev
+        except psycopg.errors.ObjectInUse as exc:  # a session raced in; terminate again
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+    raise TargetError(
+        f"could not swap {target!r}: {first_line(last) if last else 'busy'}",
+        hint="sessions keep reconnecting to the target; the target is unchanged",
+    )
+
+
+def _rotate(maint: psycopg.Connection, target: str, keep: int) -> tuple[list[str], list[str]]:
+    """Drop previous copies of `target` beyond the newest `keep`; return (kept, dropped)."""
+    prevs = sorted((d for d in list_databases(maint) if names.is_prev_of(target, d)), reverse=True)
+    kept, dropped = prevs[:max(keep, 0)], prevs[max(keep, 0):]
+    for d in dropped:
+        drop_database(maint, d)
+    return kept, dropped
+
+
+def describe_failure(exc: SnapdbError) -> str:
+    return exc.message

@@ -1,0 +1,116 @@
+"""`LocalStore`: the store as a directory tree on a local filesystem.
+
+Objects are written to a hidden temporary name beside their final path, fsynced, renamed into
+place and the directory fsynced, so a crash never leaves a half-written object under its real
+name. Directories are created mode 0700 and files 0600: snapshots hold production data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import StoreError
+from . import MissingError
+
+
+class LocalStore:
+    """A store rooted at a directory (created on first write)."""
+
+    def __init__(self, root: str) -> None:
+        if not root:
+            raise StoreError("empty store path")
+        self.root = Path(root).expanduser()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        parts = [p for p in key.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise StoreError(f"invalid store key {key!r}")
+        return self.root.joinpath(*parts)
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        try:
+            self._mkdirs(path.parent)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+        f = os.fdopen(fd, "wb")
+        try:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException as exc:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise
+
+    def _mkdirs(self, d: Path) -> None:
+        missing = []
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for m in reversed(missing):
+            m.mkdir(mode=0o700, exist_ok=True)
+
+    def reader(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise MissingError(f"not in store: {key}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root)
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                key = (rel / name).as_posix() if str(rel) != "." else name
+                if key.startswith(prefix):
+                    out.append(key)
+        return sorted(out)
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise MissingError(f"not in store: {key}") from None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
