@@ -29,19 +29,25 @@ class ClusterError(RuntimeError):
     """A throwaway cluster could not be created or started."""
 
 
+_NEEDED = ("initdb", "pg_ctl", "postgres", "psql", "pg_dump", "pg_restore")
+
+
 def find_server_bindir() -> str:
     """Return a directory holding initdb, pg_ctl and postgres (see module docstring)."""
     want = os.environ.get("SNAPDB_TEST_PG_MAJOR")
     found = []
     for d in candidate_dirs(int(want) if want else None) + sorted(glob.glob("/usr/lib/postgresql/*/bin")):
-        if all(os.access(os.path.join(d, t), os.X_OK) for t in ("initdb", "pg_ctl", "postgres")):
+        if os.access(os.path.join(d, "initdb"), os.X_OK):
+            d = os.path.dirname(os.path.realpath(os.path.join(d, "initdb")))
+        if all(os.access(os.path.join(d, t), os.X_OK) for t in _NEEDED):
             major = tool_version(os.path.join(d, "initdb"))[0]
             if want and major != int(want):
                 continue
             found.append((major, d))
     if not found:
         raise ClusterError(
-            "cannot start a throwaway PostgreSQL: no initdb/pg_ctl/postgres found "
+            "cannot start a throwaway PostgreSQL: no directory with initdb, pg_ctl, postgres, psql, pg_dump "
+            "and pg_restore found "
             "(install the postgresql server package, or set SNAPDB_PG_BINDIR)"
         )
     return sorted(found)[-1][1]

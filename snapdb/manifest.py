@@ -26,7 +26,7 @@ SCHEMA_FILE = "schema.dump.zst"
 
 def new_id(now: datetime) -> str:
     """Return a fresh snapshot id: UTC time plus a random suffix, sortable by time."""
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z-" + secrets.token_hex(2)
 
 
 def key(snapshot_id: str, path: str) -> str:
@@ -157,4 +157,4 @@ def list_manifests(store: Store, source: str | None = None) -> list[Manifest]:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(timezone.utc)

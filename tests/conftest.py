@@ -1,0 +1,129 @@
+"""Shared fixtures: throwaway PostgreSQL clusters, unique databases, a store, CLI runners.
+
+A test that needs PostgreSQL FAILS (never skips) when no cluster can be started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from snapdb.cluster import Cluster, ClusterError
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT.parent / "shared" / "realdb"))
+_counter = itertools.count(1)
+
+
+def _start(name: str) -> Cluster:
+    try:
+        return Cluster(name).start()
+    except ClusterError as exc:
+        pytest.fail(f"cannot start a throwaway PostgreSQL cluster for the tests: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """The main throwaway cluster (superuser ``postgres``, trust auth on 127.0.0.1)."""
+    c = _start("test")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def pg2():
+    """A second cluster, for tests that need two servers ("hosts")."""
+    c = _start("test2")
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def dbname(request) -> str:
+    """A fresh, unique database name (not created)."""
+    base = request.node.name.split("[")[0].replace("test_", "")[:30]
+    return f"{base}_{os.getpid()}_{next(_counter)}"
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+def create_db(cluster: Cluster, name: str, sql: str | None = None) -> str:
+    from psycopg import sql as s
+
+    with cluster.connect() as conn:
+        conn.execute(s.SQL("CREATE DATABASE {}").format(s.Identifier(name)))
+    if sql:
+        with cluster.connect(name) as conn:
+            conn.execute(sql)
+    return name
+
+
+def write_config(path: Path, store: Path, services: dict[str, tuple[str, str]]) -> Path:
+    """Write a snapdb.toml with `services` = {name: (url, role)}."""
+    lines = ["[store]", f'url = "{store}"', ""]
+    for name, (url, role) in services.items():
+        lines += [f"[services.{name}]", f'url = "{url}"', f'role = "{role}"', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the real ``snapdb`` command in a subprocess (the cron path)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "snapdb", *args], capture_output=True, text=True,
+        env=full_env, timeout=timeout, **kw,
+    )
+
+
+def popen_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "snapdb", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+def sample_sql() -> str:
+    """A small database exercising the object kinds snapdb must carry."""
+    return textwrap.dedent(
+        r'''
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+        CREATE TABLE "order-items" (id serial PRIMARY KEY, qty posint, m mood, note text,
+                                    doubled int GENERATED ALWAYS AS (qty * 2) STORED);
+        INSERT INTO "order-items" (qty, m, note)
+          SELECT i, (ARRAY['sad','ok','happy'])[1 + i % 3]::mood, 'row ' || i || E'\ttab\nnl'
+          FROM generate_series(1, 2000) i;
+        CREATE TABLE parent (id int, t timestamptz DEFAULT '2026-01-01 12:00+02');
+        CREATE TABLE child (extra text) INHERITS (parent);
+        INSERT INTO parent (id) SELECT generate_series(1, 10);
+        INSERT INTO child (id, extra) SELECT i, 'x' FROM generate_series(1, 5) i;
+        CREATE TABLE measures (id int, at date, v double precision) PARTITION BY RANGE (at);
+        CREATE TABLE measures_2025 PARTITION OF measures FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE measures_2026 PARTITION OF measures FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        INSERT INTO measures SELECT i, DATE '2025-06-01' + i, i / 3.0 FROM generate_series(1, 400) i;
+        CREATE SEQUENCE free_seq START 100;
+        SELECT nextval('free_seq'), nextval('free_seq');
+        CREATE VIEW happy AS SELECT * FROM "order-items" WHERE m = 'happy';
+        CREATE MATERIALIZED VIEW mv_counts AS SELECT m, count(*) FROM "order-items" GROUP BY m;
+        CREATE MATERIALIZED VIEW mv_empty AS SELECT 1 AS one WITH NO DATA;
+        CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN NEW.note := coalesce(NEW.note, 'touched'); RETURN NEW; END $$;
+        CREATE TRIGGER trg BEFORE INSERT ON "order-items" FOR EACH ROW EXECUTE FUNCTION touch();
+        CREATE INDEX ON "order-items" (m);
+        COMMENT ON TABLE "order-items" IS 'items, with a hyphen';
+        SELECT lo_from_bytea(0, 'large object bytes');
+        CREATE TABLE empty_cols ();
+        INSERT INTO empty_cols DEFAULT VALUES;
+        CREATE TABLE "Wëird ""quoted"" name" ("Col ""A""" text);
+        INSERT INTO "Wëird ""quoted"" name" VALUES ('ü'), (NULL), ('\N');
+        '''
+    )
