@@ -164,7 +164,7 @@ def _check_target_allowed(cfg: Config, into: str, ep: Endpoint, dbname: str, m: 
         if svc.role == "production" and (name == into or same_db):
             raise RefusedError(
                 f"refusing to restore into {name!r}: it is a production service",
-                hint="restores replace the target; use `snapdb cutover` for production",
+                hint="a restore replaces its target; restore into a dev or standby database instead",
             )
     if into == m.source:
         raise RefusedError(

@@ -145,10 +145,7 @@ def restore_snapshot(
             faults.checkpoint("restore:before-swap")
             previous = _swap(maint, target, tmp)
         except BaseException:
-            try:
-                drop_database(maint, tmp)
-            except Exception:
-                log.warning("could not drop %s; the next run will", tmp)
+            _drop_quietly(maint, server, maintenance_db, tmp)
             raise
         faults.checkpoint("restore:swapped")
         outcome = RestoreOutcome(target=target, previous=previous, tables=len(manifest.tables), rows=manifest.rows)
@@ -287,5 +284,14 @@ def _rotate(maint: psycopg.Connection, target: str, keep: int) -> tuple[list[str
     return kept, dropped
 
 
-def describe_failure(exc: SnapdbError) -> str:
-    return exc.message
+def _drop_quietly(maint: psycopg.Connection, server: Endpoint, maintenance_db: str, tmp: str) -> None:
+    """Drop the temporary build after a failure; reconnect once if the session was lost."""
+    for attempt in range(2):
+        try:
+            if attempt == 1 or maint.closed or maint.broken:
+                maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
+            drop_database(maint, tmp)
+            return
+        except (psycopg.Error, SnapdbError):
+            continue
+    log.warning("could not drop %s; the next run will", tmp)
