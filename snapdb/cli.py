@@ -30,7 +30,7 @@ from .errors import SnapdbError
 from .progress import NULL, Reporter
 
 app = typer.Typer(
-    help="PostgreSQL snapshots, restores swapped in by rename, and release-tagged upgrades.",
+    help="PostgreSQL snapshots, and restores swapped in by rename after verification.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -217,10 +217,10 @@ def restore(
         return
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
          f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, verified")
-    if res.previous:
+    if res.previous and res.previous not in res.dropped_previous:
         _say(f"previous copy kept as {res.previous}")
     for d in res.dropped_previous:
-        _say(f"dropped older copy {d}")
+        _say(f"dropped previous copy {d}")
 
 
 @app.command()
@@ -233,7 +233,7 @@ def verify(
 ) -> None:
     """Check a snapshot's files, and with --against compare a live database with it.
 
-    Example: snapdb verify 20261127T170512Z-ab12cd --against dev
+    Example: snapdb verify 20261127T170512.123Z-ab12 --against dev
     """
     with _errors():
         cfg = load_config(state.config_path)

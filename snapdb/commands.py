@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from . import manifest as mf
 from .config import Config, Endpoint, is_url, parse_url
 from .errors import ConfigError, IntegrityError, RefusedError, StoreError, TargetError
+from .names import valid_dbname
 from .progress import NULL, Reporter
 from .restore import restore_snapshot
 from .snapshot import take_snapshot
@@ -160,13 +161,13 @@ def _resolve_target(cfg: Config, into: str, server: str | None, m: mf.Manifest) 
 
 def _check_target_allowed(cfg: Config, into: str, ep: Endpoint, dbname: str, m: mf.Manifest) -> None:
     for name, svc in cfg.services.items():
-        same_db = (svc.host, svc.port, svc.dbname) == (ep.host, ep.port, dbname)
+        same_db = (svc.server_key(), svc.dbname) == (ep.server_key(), dbname)
         if svc.role == "production" and (name == into or same_db):
             raise RefusedError(
                 f"refusing to restore into {name!r}: it is a production service",
                 hint="a restore replaces its target; restore into a dev or standby database instead",
             )
-    if into == m.source:
+    if into in cfg.services and into == m.source:  # bare names: checked against the server
         raise RefusedError(
             f"refusing to restore snapshot {m.id} into its own source {into!r}",
             hint=f"restore into another database, e.g. --into {into}-dev",
@@ -196,6 +197,8 @@ def restore(
     st = _store(cfg, store)
     m = _pick_manifest(cfg, st, from_, snapshot_id)
     ep, dbname = _resolve_target(cfg, into, server, m)
+    if not valid_dbname(dbname):
+        raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
     out = restore_snapshot(
         st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
@@ -219,7 +222,7 @@ def verify(
 ) -> VerifyResult:
     """Check a snapshot's files, and with AGAINST compare a live database with it.
 
-    Example: ``verify(cfg, "20261127T170512Z-ab12cd", against="dev")``
+    Example: ``verify(cfg, "20261127T170512.123Z-ab12", against="dev")``
     """
     st = _store(cfg, store)
     m = mf.read_manifest(st, snapshot_id)

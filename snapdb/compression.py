@@ -87,8 +87,7 @@ class ZstdSink:
         try:
             if exc_type is None:
                 self._drain()
-                self._z.flush(zstandard.FLUSH_FRAME)
-                self._z.close()
+                self._z.close()  # ends the frame; the underlying store file stays open
         finally:
             self._cm.__exit__(exc_type, exc, tb)
         if exc_type is None:

@@ -10,7 +10,9 @@ passwords itself in ``.pgpass``, ``PGPASSWORD`` or service files.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,8 +81,12 @@ class Endpoint:
         return f"{self.host}:{self.port}/{self.dbname}"
 
     def server_key(self) -> tuple[str, str]:
-        """Identify the server (host, port) for same-database comparisons."""
-        return (self.host, self.port)
+        """Identify the server for same-database comparisons: (address, port).
+
+        Socket directories and loopback addresses all count as "local"; other host names are
+        resolved, so ``db1`` and its IP address compare equal. Errs towards "same server".
+        """
+        return (_canonical_host(self.host), self.port)
 
 
 @dataclass
@@ -117,6 +123,17 @@ class Config:
         return url
 
 
+def _canonical_host(host: str) -> str:
+    first = host.split(",")[0].strip()
+    if not first or first.startswith("/") or first.startswith("@"):
+        return "local"
+    try:
+        addr = ipaddress.ip_address(socket.getaddrinfo(first, None)[0][4][0].split("%")[0])
+    except (OSError, ValueError, IndexError):
+        return first.lower()
+    return "local" if addr.is_loopback else str(addr)
+
+
 def is_url(ref: str) -> bool:
     return ref.startswith(_URL_PREFIXES) or ("=" in ref and " " in ref.strip())
 
@@ -128,6 +145,9 @@ def parse_url(url: str, what: str) -> dict[str, str]:
     except Exception as exc:  # psycopg.ProgrammingError; message is libpq's, no secret in it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise ConfigError(f"malformed {what}: {first}") from None
+    for port in str(params.get("port") or "5432").split(","):
+        if not (port.strip().isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"malformed {what}: invalid port {port.strip()!r}")
     if params.get("password"):
         raise ConfigError(
             f"{what} contains a password; snapdb refuses to hold passwords",

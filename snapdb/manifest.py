@@ -9,6 +9,7 @@ The format is described for humans in ``docs/snapshot-format.md``.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -17,6 +18,8 @@ from .compression import FileEntry
 from .errors import IntegrityError, StoreError
 from .postgres import DatabaseProps, SequenceValue, TableRef
 from .store import MissingError, Store
+
+log = logging.getLogger(__name__)
 
 FORMAT = "snapdb-snapshot/1"
 PREFIX = "snapshots/"
@@ -149,7 +152,11 @@ def list_manifests(store: Store, source: str | None = None) -> list[Manifest]:
     for k in store.list(PREFIX):
         parts = k[len(PREFIX):].split("/")
         if len(parts) == 2 and parts[1] == MANIFEST:
-            m = read_manifest(store, parts[0])
+            try:
+                m = read_manifest(store, parts[0])
+            except IntegrityError as exc:  # one unreadable manifest must not hide the others
+                log.warning("skipping snapshot %s: %s", parts[0], exc.message)
+                continue
             if source is None or m.source == source:
                 out.append(m)
     out.sort(key=lambda m: (m.created_at, m.id), reverse=True)

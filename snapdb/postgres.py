@@ -63,6 +63,30 @@ def apply_data_settings(conn: psycopg.Connection, encoding: str | None = None) -
         conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
 
 
+def open_data_session(
+    ep: Endpoint,
+    error_cls: type[SnapdbError],
+    *,
+    dbname: str | None = None,
+    encoding: str | None = None,
+    snapshot: str | None = None,
+) -> psycopg.Connection:
+    """Open a session for reading table data: data settings, then a REPEATABLE READ, READ ONLY
+    transaction, importing the exported `snapshot` when given."""
+    conn = connect(ep, error_cls, dbname=dbname, autocommit=True)
+    try:
+        apply_data_settings(conn, encoding)
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        if snapshot:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    except psycopg.Error as exc:
+        conn.close()
+        raise error_cls(f"cannot prepare a session on {ep.host}:{ep.port}: {first_line(exc)}") from None
+    return conn
+
+
 def server_version_num(conn: psycopg.Connection) -> int:
     return conn.info.server_version
 

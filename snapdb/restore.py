@@ -57,19 +57,6 @@ SWAP_ATTEMPTS = 5
 
 
 @dataclass
-class RestorePlan:
-    """What a restore will do; computed before anything is touched."""
-
-    snapshot_id: str
-    target: str
-    server: str
-    tmp_name: str
-    maintenance_db: str
-    jobs: int
-    keep_previous: int
-
-
-@dataclass
 class RestoreOutcome:
     target: str
     previous: str | None
@@ -148,10 +135,20 @@ def restore_snapshot(
             _drop_quietly(maint, server, maintenance_db, tmp)
             raise
         faults.checkpoint("restore:swapped")
-        outcome = RestoreOutcome(target=target, previous=previous, tables=len(manifest.tables), rows=manifest.rows)
+    except psycopg.Error as exc:
+        maint.close()
+        raise TargetError(f"restore into {target!r} failed: {first_line(exc)}", hint="the target is unchanged") from None
+    except BaseException:
+        maint.close()
+        raise
+    outcome = RestoreOutcome(target=target, previous=previous, tables=len(manifest.tables), rows=manifest.rows)
+    try:
         outcome.kept, outcome.dropped = _rotate(maint, target, keep_previous)
     except psycopg.Error as exc:
-        raise TargetError(f"restore into {target!r} failed: {first_line(exc)}", hint="the target is unchanged") from None
+        raise TargetError(
+            f"{target!r} now holds snapshot {manifest.id}, but dropping older copies failed: {first_line(exc)}",
+            hint=f"drop the {names.prev_prefix(target)}* databases you no longer need by hand",
+        ) from None
     finally:
         maint.close()
     outcome.seconds = time.monotonic() - started
@@ -162,7 +159,8 @@ def _check_not_source(maint: psycopg.Connection, manifest: mf.Manifest, server: 
     src = manifest.server
     if target != src.get("dbname"):
         return
-    same = (server.host, server.port) == (src.get("host"), str(src.get("port")))
+    src_server = Endpoint(params={"host": str(src.get("host")), "port": str(src.get("port"))})
+    same = server.server_key() == src_server.server_key()
     sysid = src.get("system_identifier")
     if sysid and not same:
         same = system_identifier(maint) == sysid
@@ -286,12 +284,14 @@ def _rotate(maint: psycopg.Connection, target: str, keep: int) -> tuple[list[str
 
 def _drop_quietly(maint: psycopg.Connection, server: Endpoint, maintenance_db: str, tmp: str) -> None:
     """Drop the temporary build after a failure; reconnect once if the session was lost."""
-    for attempt in range(2):
-        try:
-            if attempt == 1 or maint.closed or maint.broken:
-                maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
+    try:
+        if not (maint.closed or maint.broken):
             drop_database(maint, tmp)
             return
-        except (psycopg.Error, SnapdbError):
-            continue
-    log.warning("could not drop %s; the next run will", tmp)
+    except psycopg.Error:
+        pass
+    try:
+        with connect(server, TargetError, dbname=maintenance_db, autocommit=True) as fresh:
+            drop_database(fresh, tmp)
+    except (psycopg.Error, SnapdbError):
+        log.warning("could not drop %s; the next run will", tmp)

@@ -9,7 +9,8 @@ Pipeline (each step safe to interrupt; nothing is visible until the manifest is 
    tables snapdb copies itself (schema, sequence values, large objects, materialized-view
    refreshes, extension configuration data); `jobs` worker threads import the same snapshot and
    stream each table with COPY into its own zstd file, computing row counts and checksums.
-3. The pg_dump archive is compressed into the store; the manifest is written last.
+3. The pg_dump archive is compressed into the store; every stored file is read back and its
+   sha256 compared with the one computed while writing; the manifest is written last.
 
 On failure every object already written for this snapshot id is deleted (best effort) and the
 error propagates; a snapshot without a manifest does not exist in any case.
@@ -28,11 +29,11 @@ import psycopg
 from psycopg import sql
 
 from . import faults, manifest as mf, pgtools
-from .compression import READ_CHUNK, FileEntry, ZstdSink
+from .compression import READ_CHUNK, FileEntry, ZstdSink, digest
 from .config import Endpoint
-from .errors import SnapdbError, SourceError
+from .errors import IntegrityError, SnapdbError, SourceError
 from .postgres import (
-    TableRef, apply_data_settings, connect, first_line, large_object_count, list_tables,
+    TableRef, first_line, large_object_count, list_tables, open_data_session,
     read_database_props, read_sequences, system_identifier, version_string,
 )
 from .progress import NULL, Reporter
@@ -68,18 +69,9 @@ def take_snapshot(
         raise
 
 
-def _open_data_session(source: Endpoint, encoding: str | None) -> psycopg.Connection:
-    conn = connect(source, SourceError, autocommit=True)
-    apply_data_settings(conn, encoding)
-    conn.autocommit = False
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    return conn
-
-
 def _take(source, store, snap_id, created_at, jobs, label, reporter) -> mf.Manifest:
     reporter.phase("reading catalog")
-    main = _open_data_session(source, None)
+    main = open_data_session(source, SourceError)
     try:
         try:
             dbname = main.execute("SELECT current_database()").fetchone()[0]
@@ -135,6 +127,13 @@ def _take(source, store, snap_id, created_at, jobs, label, reporter) -> mf.Manif
         main.close()
 
     files = [sink.entry] + [e for _, e in entries]
+    reporter.phase("verifying stored files", total_bytes=sum(f.size for f in files))
+    for f in files:  # read back what the store holds before declaring the snapshot done
+        sha, size = digest(store, mf.key(snap_id, f.path))
+        if (sha, size) != (f.sha256, f.size):
+            raise IntegrityError(f"snapshot file {f.path} changed while being stored (sha256 or size differs)")
+        reporter.advance(nbytes=size)
+    reporter.done()
     manifest = mf.Manifest(
         id=snap_id,
         source=source.source_name,
@@ -184,8 +183,7 @@ def _copy_tables(source, store, snap_id, tables, encoding, exported, jobs, repor
     def worker() -> None:
         conn = None
         try:
-            conn = _open_data_session(source, encoding)
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
+            conn = open_data_session(source, SourceError, encoding=encoding, snapshot=exported)
             while not stop.is_set():
                 try:
                     i, t = work.get_nowait()

@@ -18,7 +18,7 @@ from . import manifest as mf
 from .compression import digest
 from .config import Endpoint
 from .errors import SnapdbError, StoreError
-from .postgres import apply_data_settings, connect, first_line, large_object_count, list_tables, read_sequences
+from .postgres import first_line, open_data_session, large_object_count, list_tables, read_sequences
 from .progress import NULL, Reporter
 from .store import MissingError, Store
 from .tabledata import read_table
@@ -74,22 +74,20 @@ def verify_database(
     encoding = manifest.database.encoding
     out: list[Mismatch] = []
 
-    def session() -> psycopg.Connection:
-        conn = connect(ep, error_cls, dbname=dbname, autocommit=True)
-        apply_data_settings(conn, encoding)
-        conn.autocommit = False
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        return conn
+    def session(snapshot: str | None = None) -> psycopg.Connection:
+        return open_data_session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=snapshot)
 
+    # every table is read in one exported snapshot, so a live database is checked at one instant
     main = session()
     try:
         try:
+            exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
             live = {(t.schema, t.name): t for t in list_tables(main)}
             seqs = {(s.schema, s.name): s for s in read_sequences(main)}
             lo = large_object_count(main)
         except psycopg.Error as exc:
             raise error_cls(f"reading the database catalog failed: {first_line(exc)}") from None
+        out += _compare_tables(session, exported, manifest, live, jobs, error_cls, reporter)
     finally:
         main.close()
 
@@ -108,6 +106,12 @@ def verify_database(
     if lo != manifest.large_objects:
         out.append(Mismatch("large_objects", "count", str(manifest.large_objects), str(lo)))
 
+    return out
+
+
+def _compare_tables(session, exported, manifest, live, jobs, error_cls, reporter) -> list[Mismatch]:
+    """Checksum every table present on both sides with `jobs` sessions sharing `exported`."""
+    out: list[Mismatch] = []
     todo = [t for t in manifest.tables if (t.schema, t.name) in live]
     reporter.phase("verifying tables", total_items=len(todo))
     work: queue.Queue = queue.Queue()
@@ -118,7 +122,7 @@ def verify_database(
 
     def worker() -> None:
         try:
-            conn = session()
+            conn = session(exported)
         except BaseException as exc:
             errors.append(exc)
             return
@@ -129,7 +133,6 @@ def verify_database(
                 except queue.Empty:
                     return
                 rows, checksum = read_table(conn, t.ref())
-                conn.commit()
                 with lock:
                     if rows != t.rows:
                         out.append(Mismatch("table", f"{t.schema}.{t.name}", f"{t.rows} rows", f"{rows} rows"))

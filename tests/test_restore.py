@@ -185,3 +185,17 @@ def test_verify_against_reports_differences(pg, tmp_path, store, dbname):
     problems = {p["name"]: p for p in json.loads(r.stdout)["problems"]}
     assert set(problems) == {"public.a", "public.b"}
     assert "checksum" in problems["public.a"]["expected"] and problems["public.b"]["actual"] == "2 rows"
+
+
+def test_restore_to_second_server_under_source_name(pg, pg2, tmp_path, store, dbname):
+    """Two hosts: the source's own name is a fine target on another server."""
+    create_db(pg, dbname, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 77)")
+    cfg = _cfg(tmp_path, pg, store, src=(pg.url(dbname), "standby"))
+    commands.snapshot(cfg, "src")
+    res = commands.restore(cfg, into=dbname, server=pg2.url())
+    assert res.server == f"127.0.0.1:{pg2.port}"
+    with pg2.connect(dbname) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 77
+    # the same server reached under another host name is still the source's own server
+    with pytest.raises(RefusedError, match="own source"):
+        commands.restore(cfg, into=dbname, server=pg.url().replace("127.0.0.1", "localhost"))

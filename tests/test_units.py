@@ -1,0 +1,149 @@
+"""Configuration, store contract, documentation and CLI checks that need no database."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from snapdb import cli
+from snapdb.config import Config, load_config
+from snapdb.errors import EXIT_CODES, ConfigError, SnapdbError
+from snapdb.store import MissingError, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- configuration -----------------------------------------------------------------------
+def _write(tmp_path, text):
+    p = tmp_path / "snapdb.toml"
+    p.write_text(text)
+    return p
+
+
+def test_config_services_and_store(tmp_path, monkeypatch):
+    p = _write(tmp_path, '[store]\nurl = "/var/lib/snapdb"\n[services.prod]\nurl = "postgresql://app@db1/service0"\n'
+                         'role = "production"\n[services.dev]\nurl = "postgresql://app@db1/service0-dev"\nrole = "dev"\n')
+    cfg = load_config(p)
+    assert cfg.store() == "/var/lib/snapdb"
+    monkeypatch.setenv("SNAPDB_STORE", "/elsewhere")
+    assert cfg.store() == "/elsewhere" and cfg.store("/cli") == "/cli"
+    prod = cfg.endpoint("prod")
+    assert (prod.dbname, prod.user, prod.role, prod.source_name) == ("service0", "app", "production", "prod")
+    url = cfg.endpoint("postgresql://u@h:5433/other%2Ddb")
+    assert (url.dbname, url.port, url.name, url.source_name) == ("other-db", "5433", None, "other-db")
+    monkeypatch.setenv("SNAPDB_CONFIG", str(p))
+    assert set(load_config().services) == {"prod", "dev"}
+
+
+@pytest.mark.parametrize("text,msg", [
+    ('[store]\nurl = "/x"\nnope = 1\n', "unknown key 'nope'"),
+    ('[services.a]\nurl = "postgresql://h/db"\nrole = "boss"\n', "role must be one of"),
+    ('[services.a]\nrole = "dev"\n', "url is required"),
+    ('[services.a]\nurl = "postgresql://u:pw@h/db"\n', "contains a password"),
+    ('[services.a]\nurl = "postgresql://h:notaport/db"\n', "malformed"),
+    ('[store\n', "snapdb.toml"),
+    ('extra = 1\n', "unknown key 'extra'"),
+])
+def test_config_errors(tmp_path, text, msg):
+    with pytest.raises(ConfigError, match=msg) as info:
+        load_config(_write(tmp_path, text))
+    assert "\n" not in info.value.message and "pw@" not in info.value.message
+
+
+def test_unknown_service_and_missing_store():
+    cfg = Config()
+    with pytest.raises(ConfigError, match="unknown service 'prod'"):
+        cfg.endpoint("prod")
+    with pytest.raises(ConfigError, match="no snapshot store"):
+        cfg.store()
+    with pytest.raises(ConfigError, match="unsupported store URL scheme"):
+        open_store("ftp://x/y")
+
+
+# -- store contract (every backend) ----------------------------------------------------------
+@pytest.fixture(params=["local"])
+def any_store(request, tmp_path):
+    return open_store(str(tmp_path / "s")) if request.param == "local" else None
+
+
+def test_store_contract(any_store):
+    s = any_store
+    assert s.list("") == [] and not s.exists("a/b")
+    with s.writer("a/b") as f:
+        f.write(b"hello")
+    assert s.exists("a/b") and s.size("a/b") == 5 and s.reader("a/b").read() == b"hello"
+    with pytest.raises(RuntimeError):  # a failed write publishes nothing, keeps the old object
+        with s.writer("a/b") as f:
+            f.write(b"partial")
+            raise RuntimeError("boom")
+    assert s.reader("a/b").read() == b"hello"
+    with s.writer("a/c") as f:
+        f.write(b"x")
+    assert s.list("a/") == ["a/b", "a/c"] and s.list("z") == []
+    s.delete("a/b")
+    s.delete("a/b")  # idempotent
+    with pytest.raises(MissingError):
+        s.reader("a/b")
+    with pytest.raises(MissingError):
+        s.size("a/b")
+    with pytest.raises(SnapdbError):
+        s.reader("../etc/passwd")
+
+
+def test_local_store_is_private(tmp_path):
+    s = open_store("file://" + str(tmp_path / "priv"))
+    with s.writer("snapshots/x/f") as f:
+        f.write(b"secret data")
+    for p in (tmp_path / "priv").rglob("*"):
+        assert p.stat().st_mode & 0o077 == 0
+
+
+# -- documentation ------------------------------------------------------------------------
+def test_exit_code_table_matches_errors():
+    text = (ROOT / "docs" / "exit-codes.md").read_text()
+    documented = {int(m) for m in re.findall(r"^\|\s*(\d+)\s*\|", text, re.M)}
+    assert documented == set(EXIT_CODES)
+
+
+def test_every_command_documented():
+    text = (ROOT / "docs" / "commands.md").read_text()
+    names = [c.name or c.callback.__name__ for c in cli.app.registered_commands]
+    assert names
+    for name in names:
+        assert f"## snapdb {name}" in text, name
+
+
+def test_architecture_mentions_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    for f in sorted((ROOT / "snapdb").rglob("*.py")):
+        if f.stem not in ("__init__", "__main__"):
+            assert f.stem in text, f
+
+
+def test_imports_point_one_way():
+    """Nothing imports cli; store and the PostgreSQL modules never import each other."""
+    pkg = ROOT / "snapdb"
+    for f in pkg.rglob("*.py"):
+        src = f.read_text()
+        if f.name != "__main__.py":
+            assert "from .cli" not in src and "from ..cli" not in src and "import cli" not in src, f
+        if f.parent.name == "store":
+            assert not re.search(r"from \.\.(postgres|pgtools|tabledata)", src), f
+        if f.stem in ("postgres", "pgtools", "tabledata"):
+            assert "store" not in re.findall(r"from \.(\w+)", src), f
+        if f.name != "cli.py":
+            assert "import typer" not in src and "sys.exit" not in src, f
+
+
+# -- CLI through typer's runner ----------------------------------------------------------------
+def test_cli_runner_errors_and_help(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli.app, ["--help"])
+    assert r.exit_code == 0 and "restore" in r.output
+    r = runner.invoke(cli.app, ["snapshots", "--store", str(tmp_path / "empty"), "--json"])
+    assert r.exit_code == 0 and r.output.strip() == "[]"
+    r = runner.invoke(cli.app, ["--config", str(tmp_path / "missing.toml"), "snapshots"])
+    assert r.exit_code == ConfigError.exit_code
