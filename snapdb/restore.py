@@ -67,6 +67,10 @@ class RestoreOutcome:
     seconds: float = 0.0
 
 
+class _Stop(Exception):
+    """Raised inside a loader when another loader has failed."""
+
+
 def lock_key(target: str) -> int:
     """32-bit advisory lock key for a target database name."""
     return int.from_bytes(hashlib.sha256(target.encode("utf-8")).digest()[:4], "big", signed=True)
@@ -213,6 +217,11 @@ def _load_tables(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str
         work.put(t)
     errors: list[BaseException] = []
 
+    def tick(nbytes: int) -> None:
+        if errors:  # another worker failed: abandon this table at once (its COPY rolls back)
+            raise _Stop()
+        reporter.advance(nbytes=nbytes)
+
     def worker() -> None:
         conn = None
         try:
@@ -224,9 +233,11 @@ def _load_tables(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str
                 except queue.Empty:
                     return
                 with conn.transaction(), open_zstd(store, mf.key(manifest.id, t.file)) as src:
-                    load_table(conn, t.ref(), src, on_bytes=lambda n: reporter.advance(nbytes=n))
+                    load_table(conn, t.ref(), src, on_bytes=tick)
                 reporter.advance(items=1)
                 faults.checkpoint("restore:table-loaded")
+        except _Stop:
+            pass
         except psycopg.Error as exc:
             errors.append(TargetError(f"loading table data failed: {first_line(exc)}", hint="the target is unchanged"))
         except BaseException as exc:
