@@ -23,6 +23,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -53,13 +54,18 @@ def take_snapshot(
     *,
     jobs: int = 2,
     label: str | None = None,
+    release_probe: Callable[[psycopg.Connection], dict | None] | None = None,
     reporter: Reporter = NULL,
 ) -> mf.Manifest:
-    """Snapshot `source` into `store` and return its manifest (see module docstring)."""
+    """Snapshot `source` into `store` and return its manifest (see module docstring).
+
+    `release_probe`, if given, is called with the source connection inside the exported
+    snapshot's transaction; what it returns is recorded as the manifest's ``release``.
+    """
     now = mf.utcnow()
     snap_id = mf.new_id(now)
     try:
-        return _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, reporter)
+        return _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, release_probe, reporter)
     except BaseException:
         for k in store.list(mf.key(snap_id, "")):
             try:
@@ -69,7 +75,7 @@ def take_snapshot(
         raise
 
 
-def _take(source, store, snap_id, created_at, jobs, label, reporter) -> mf.Manifest:
+def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter) -> mf.Manifest:
     reporter.phase("reading catalog")
     main = open_data_session(source, SourceError)
     try:
@@ -88,6 +94,7 @@ def _take(source, store, snap_id, created_at, jobs, label, reporter) -> mf.Manif
             lo_count = large_object_count(main)
             version_num = main.info.server_version
             sysid = system_identifier(main)
+            release = release_probe(main) if release_probe else None
         except psycopg.Error as exc:
             raise SourceError(f"reading the source catalog failed: {first_line(exc)}") from None
         pg_dump = pgtools.find_tool("pg_dump", version_num // 10000)
@@ -154,6 +161,7 @@ def _take(source, store, snap_id, created_at, jobs, label, reporter) -> mf.Manif
         tables=[t for t, _ in entries],
         sequences=sequences,
         large_objects=lo_count,
+        release=release,
     )
     mf.write_manifest(store, manifest)
     return manifest
