@@ -16,7 +16,7 @@ import zstandard
 
 from .store import Store
 
-LEVEL = 3
+LEVEL = 1
 WRITE_BUFFER = 1 << 20
 READ_CHUNK = 1 << 20
 

@@ -16,7 +16,7 @@ class SnapdbError(Exception):
     kind = "error"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, hint)  # both in args: errors pickle across worker processes
         self.message = message
         self.hint = hint
 

@@ -38,12 +38,18 @@ def key(snapshot_id: str, path: str) -> str:
 
 @dataclass
 class TableEntry:
+    """One table: its copied columns, totals, and the files (parts) holding its rows.
+
+    Each part is ``{"file": path, "rows": n, "checksum": hex}``; the table's rows and checksum
+    are the sums of its parts' (see `snapdb.tabledata`).
+    """
+
     schema: str
     name: str
     columns: list[str]
-    file: str
     rows: int
     checksum: str
+    parts: list[dict]
 
     def ref(self) -> TableRef:
         return TableRef(self.schema, self.name, list(self.columns))

@@ -7,11 +7,12 @@ Plan and order (each step safe to interrupt; the target is touched only by the f
    (a second run gets `BusyError`), refuse when the target has prepared transactions, drop a
    temporary database left by an earlier, interrupted run.
 3. ``CREATE DATABASE <tmp>`` with the snapshot's encoding and locale; ``pg_restore`` the
-   pre-data and data sections (schema, sequence values, large objects); load every table with
-   COPY using `jobs` parallel sessions; ``pg_restore -j`` the post-data section (indexes,
+   pre-data and data sections (schema, sequence values, large objects); load every table part
+   with COPY in `jobs` worker processes; ``pg_restore -j`` the post-data section (indexes,
    constraints, triggers, materialized-view refreshes). Every pg_restore runs with
    ``--exit-on-error``.
-4. Verify the temporary database against the manifest (counts, checksums, sequences, LOs).
+4. Verify the temporary database against the manifest (counts, checksums, sequences, LOs),
+   running ANALYZE beside it; then stop the workers, whose sessions would block the rename.
 5. Re-apply database-level owner, comment, grants and settings to the temporary database.
 6. Swap, in one transaction: terminate the target's sessions, rename target to a ``__prev_``
    name, rename the temporary database to the target name. Retried while new sessions race in.
@@ -25,10 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,14 +40,14 @@ from .compression import open_zstd
 from .config import Endpoint
 from .errors import BusyError, IntegrityError, RefusedError, SnapdbError, TargetError
 from .postgres import (
-    apply_data_settings, apply_database_props, connect, create_database, database_exists,
+    apply_database_props, connect, create_database, database_exists,
     drop_database, first_line, list_databases, prepared_xacts, rename_database, system_identifier,
     terminate_sessions,
 )
 from .progress import NULL, Reporter
 from .store import Store
-from .tabledata import load_table
 from .verify import verify_database, verify_files
+from .workers import Session, WorkerPool, load_part
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,6 @@ class RestoreOutcome:
     tables: int = 0
     rows: int = 0
     seconds: float = 0.0
-
-
-class _Stop(Exception):
-    """Raised inside a loader when another loader has failed."""
 
 
 def lock_key(target: str) -> int:
@@ -92,14 +87,19 @@ def restore_snapshot(
     jobs = max(1, jobs)
     if not names.valid_dbname(target):
         raise TargetError(f"invalid target database name {target!r} (1 to 63 bytes, no NUL)")
-    bad = verify_files(store, manifest, reporter)
-    if bad:
-        raise IntegrityError(
-            f"snapshot {manifest.id} is damaged: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
-            hint="the target was not touched; restore another snapshot",
-        )
-    faults.checkpoint("restore:files-verified")
-    maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
+    pool = WorkerPool(jobs, reporter)
+    try:
+        bad = verify_files(store, manifest, reporter, pool=pool)
+        if bad:
+            raise IntegrityError(
+                f"snapshot {manifest.id} is damaged: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                hint="the target was not touched; restore another snapshot",
+            )
+        faults.checkpoint("restore:files-verified")
+        maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
+    except BaseException:
+        pool.close()
+        raise
     try:
         _check_not_source(maint, manifest, server, target)
         if not maint.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(target))).fetchone()[0]:
@@ -120,10 +120,11 @@ def restore_snapshot(
         try:
             create_database(maint, tmp, manifest.database)
             faults.checkpoint("restore:created")
-            _build(store, manifest, server, tmp, jobs, reporter)
+            _build(pool, store, manifest, server, tmp, jobs, reporter)
             faults.checkpoint("restore:loaded")
-            reporter.phase("verifying restore")
-            diffs = verify_database(server, manifest, error_cls=TargetError, dbname=tmp, jobs=jobs, reporter=reporter)
+            diffs = verify_database(server, manifest, error_cls=TargetError, dbname=tmp, jobs=jobs,
+                                    reporter=reporter, pool=pool, analyze=True)
+            pool.close()  # the workers' sessions must be gone before the rename
             if diffs:
                 raise IntegrityError(
                     f"restored database differs from snapshot {manifest.id}: {diffs[0]}"
@@ -136,13 +137,16 @@ def restore_snapshot(
             faults.checkpoint("restore:before-swap")
             previous = _swap(maint, target, tmp)
         except BaseException:
+            pool.close()
             _drop_quietly(maint, server, maintenance_db, tmp)
             raise
         faults.checkpoint("restore:swapped")
     except psycopg.Error as exc:
+        pool.close()
         maint.close()
         raise TargetError(f"restore into {target!r} failed: {first_line(exc)}", hint="the target is unchanged") from None
     except BaseException:
+        pool.close()
         maint.close()
         raise
     outcome = RestoreOutcome(target=target, previous=previous, tables=len(manifest.tables), rows=manifest.rows)
@@ -184,7 +188,8 @@ def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str
     pgtools.run_tool(argv, TargetError, f"pg_restore ({'+'.join(sections)})")
 
 
-def _build(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int, reporter: Reporter) -> None:
+def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int,
+           reporter: Reporter) -> None:
     major = max(manifest.server["version_num"] // 10000, int(manifest.pg_dump_version.split(".")[0]))
     probe = connect(server, TargetError, dbname=tmp)
     try:
@@ -200,7 +205,7 @@ def _build(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs
         _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, major)
         reporter.done()
         faults.checkpoint("restore:schema")
-        _load_tables(store, manifest, server, tmp, jobs, reporter)
+        _load_tables(pool, store, manifest, server, tmp, reporter)
         reporter.phase("building indexes and constraints")
         _pg_restore(server, tmp, archive, ["post-data"], jobs, major)
         reporter.done()
@@ -208,51 +213,22 @@ def _build(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _load_tables(store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int, reporter: Reporter) -> None:
+def _load_tables(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str,
+                 reporter: Reporter) -> None:
+    """Load every table part in parallel (parts of one table load concurrently too)."""
     sizes = {f.path: f.raw_size for f in manifest.files}
-    tables = sorted(manifest.tables, key=lambda t: -sizes.get(t.file, 0))
-    reporter.phase("loading tables", total_bytes=sum(sizes.get(t.file, 0) for t in tables), total_items=len(tables))
-    work: queue.Queue = queue.Queue()
-    for t in tables:
-        work.put(t)
-    errors: list[BaseException] = []
+    session = Session(server, TargetError, dbname=tmp, encoding=manifest.database.encoding, readonly=False)
+    parts = sorted(((t, p) for t in manifest.tables for p in t.parts), key=lambda tp: -sizes.get(tp[1]["file"], 0))
+    reporter.phase("loading tables", total_bytes=sum(sizes.values()), total_items=len(parts))
 
-    def tick(nbytes: int) -> None:
-        if errors:  # another worker failed: abandon this table at once (its COPY rolls back)
-            raise _Stop()
-        reporter.advance(nbytes=nbytes)
+    def done(index: int, rows: int) -> None:
+        t, p = parts[index]
+        if rows != p["rows"]:
+            raise IntegrityError(f"table {t.schema}.{t.name}: loaded {rows} rows from {p['file']}, manifest says {p['rows']}")
+        reporter.advance(items=1)
+        faults.checkpoint("restore:table-loaded")
 
-    def worker() -> None:
-        conn = None
-        try:
-            conn = connect(server, TargetError, dbname=tmp, autocommit=True)
-            apply_data_settings(conn, manifest.database.encoding)
-            while not errors:
-                try:
-                    t = work.get_nowait()
-                except queue.Empty:
-                    return
-                with conn.transaction(), open_zstd(store, mf.key(manifest.id, t.file)) as src:
-                    load_table(conn, t.ref(), src, on_bytes=tick)
-                reporter.advance(items=1)
-                faults.checkpoint("restore:table-loaded")
-        except _Stop:
-            pass
-        except psycopg.Error as exc:
-            errors.append(TargetError(f"loading table data failed: {first_line(exc)}", hint="the target is unchanged"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            if conn is not None:
-                conn.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, len(tables))))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    pool.run(load_part, [(session, store, mf.key(manifest.id, p["file"]), t.ref()) for t, p in parts], on_done=done)
     reporter.done()
 
 

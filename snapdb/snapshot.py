@@ -7,8 +7,9 @@ Pipeline (each step safe to interrupt; nothing is visible until the manifest is 
    database-level properties) inside it.
 2. In parallel: ``pg_dump -Fc -Z0 --snapshot=<id>`` dumps everything except the rows of the
    tables snapdb copies itself (schema, sequence values, large objects, materialized-view
-   refreshes, extension configuration data); `jobs` worker threads import the same snapshot and
-   stream each table with COPY into its own zstd file, computing row counts and checksums.
+   refreshes, extension configuration data); `jobs` worker processes import the same snapshot
+   and stream each table (large tables in page-range parts) with COPY into its own zstd file,
+   computing row counts and checksums, then read each stored file back to check its sha256.
 3. The pg_dump archive is compressed into the store; every stored file is read back and its
    sha256 compared with the one computed while writing; the manifest is written last.
 
@@ -19,7 +20,6 @@ error propagates; a snapshot without a manifest does not exist in any case.
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import tempfile
 import threading
@@ -30,22 +30,19 @@ import psycopg
 from psycopg import sql
 
 from . import faults, manifest as mf, pgtools
-from .compression import READ_CHUNK, FileEntry, ZstdSink, digest
+from .compression import READ_CHUNK, ZstdSink, digest
 from .config import Endpoint
-from .errors import IntegrityError, SnapdbError, SourceError
+from .errors import IntegrityError, SourceError
 from .postgres import (
     TableRef, first_line, large_object_count, list_tables, open_data_session,
     read_database_props, read_sequences, system_identifier, version_string,
 )
 from .progress import NULL, Reporter
 from .store import Store
-from .tabledata import read_table
+from .tabledata import ZERO, add_checksums, plan_parts
+from .workers import Session, WorkerPool, dump_part
 
 log = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """Raised inside a worker when another worker has failed."""
 
 
 def take_snapshot(
@@ -76,6 +73,14 @@ def take_snapshot(
 
 
 def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter) -> mf.Manifest:
+    pool = WorkerPool(jobs, reporter)  # before any connection or thread exists (see workers)
+    try:
+        return _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter)
+    finally:
+        pool.close()
+
+
+def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter) -> mf.Manifest:
     reporter.phase("reading catalog")
     main = open_data_session(source, SourceError)
     try:
@@ -117,8 +122,12 @@ def _take(source, store, snap_id, created_at, jobs, label, release_probe, report
 
             dumper = threading.Thread(target=run_dump, name="pg_dump", daemon=True)
             dumper.start()
-            entries = _copy_tables(source, store, snap_id, tables, props.encoding, exported, jobs, reporter)
-            dumper.join()
+            try:
+                entries = _copy_tables(pool, source, store, snap_id, tables, props.encoding, exported,
+                                       jobs, version_num, reporter)
+                pool.close()  # the workers' sessions hold the snapshot; release them now
+            finally:
+                dumper.join()
             if dump_err:
                 raise dump_err[0]
             faults.checkpoint("snapshot:dumped")
@@ -133,14 +142,10 @@ def _take(source, store, snap_id, created_at, jobs, label, release_probe, report
     finally:
         main.close()
 
-    files = [sink.entry] + [e for _, e in entries]
-    reporter.phase("verifying stored files", total_bytes=sum(f.size for f in files))
-    for f in files:  # read back what the store holds before declaring the snapshot done
-        sha, size = digest(store, mf.key(snap_id, f.path))
-        if (sha, size) != (f.sha256, f.size):
-            raise IntegrityError(f"snapshot file {f.path} changed while being stored (sha256 or size differs)")
-        reporter.advance(nbytes=size)
-    reporter.done()
+    files = [sink.entry] + [f for _, fs in entries for f in fs]  # data files were read back by the workers
+    sha, size = digest(store, mf.key(snap_id, mf.SCHEMA_FILE))
+    if (sha, size) != (sink.entry.sha256, sink.entry.size):
+        raise IntegrityError(f"snapshot file {mf.SCHEMA_FILE} changed while being stored (sha256 or size differs)")
     manifest = mf.Manifest(
         id=snap_id,
         source=source.source_name,
@@ -173,55 +178,35 @@ def _pattern(t: TableRef) -> str:
     return f"{q(t.schema)}.{q(t.name)}"
 
 
-def _copy_tables(source, store, snap_id, tables, encoding, exported, jobs, reporter):
-    """Copy every table with `jobs` workers sharing the exported snapshot; keep table order."""
+def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs, version_num, reporter):
+    """Copy every table (large ones in parts) in the worker pool; return entries in table order."""
     reporter.phase("copying tables", total_bytes=sum(t.bytes for t in tables), total_items=len(tables))
-    work: queue.Queue = queue.Queue()
+    session = Session(source, SourceError, encoding=encoding, snapshot=exported)
+    tasks, owners = [], []
     for i, t in enumerate(tables):
-        work.put((i, t))
-    results: dict[int, tuple[mf.TableEntry, FileEntry]] = {}
-    errors: list[BaseException] = []
-    stop = threading.Event()
+        ranges = plan_parts(t, jobs, version_num)
+        for p, pages in enumerate(ranges):
+            path = f"data/{i + 1:05d}.copy.zst" if len(ranges) == 1 else f"data/{i + 1:05d}.{p + 1:03d}.copy.zst"
+            tasks.append((session, store, mf.key(snap_id, path), path, TableRef(t.schema, t.name, t.columns), pages))
+            owners.append(i)
+    remaining = {i: owners.count(i) for i in set(owners)}
 
-    def tick(nbytes: int) -> None:
-        if stop.is_set():
-            raise _Stop()
-        reporter.advance(nbytes=nbytes)
+    def done(index: int, _result) -> None:
+        remaining[owners[index]] -= 1
+        if remaining[owners[index]] == 0:
+            reporter.advance(items=1)
+            faults.checkpoint("snapshot:table-copied")
 
-    def worker() -> None:
-        conn = None
-        try:
-            conn = open_data_session(source, SourceError, encoding=encoding, snapshot=exported)
-            while not stop.is_set():
-                try:
-                    i, t = work.get_nowait()
-                except queue.Empty:
-                    return
-                path = f"data/{i + 1:05d}.copy.zst"
-                with ZstdSink(store, mf.key(snap_id, path), path) as sink:
-                    rows, checksum = read_table(conn, t, sink, on_bytes=tick)
-                faults.checkpoint("snapshot:table-copied")
-                results[i] = (mf.TableEntry(t.schema, t.name, t.columns, path, rows, checksum), sink.entry)
-                reporter.advance(items=1)
-        except _Stop:
-            pass
-        except psycopg.Error as exc:
-            errors.append(SourceError(f"copying table data failed: {first_line(exc)}"))
-            stop.set()
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-        finally:
-            if conn is not None:
-                conn.close()
-
-    threads = [threading.Thread(target=worker, name=f"copy-{n}", daemon=True) for n in range(min(jobs, max(1, len(tables))))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        err = errors[0]
-        raise err if isinstance(err, SnapdbError) else err
+    results = pool.run(dump_part, tasks, on_done=done)
+    entries = []
+    for i, t in enumerate(tables):
+        parts = [(tasks[k][3], results[k]) for k in range(len(tasks)) if owners[k] == i]
+        rows = sum(r[0] for _, r in parts)
+        checksum = ZERO
+        for _, r in parts:
+            checksum = add_checksums(checksum, r[1])
+        entry = mf.TableEntry(t.schema, t.name, t.columns, rows, checksum,
+                              [{"file": path, "rows": r[0], "checksum": r[1]} for path, r in parts])
+        entries.append((entry, [r[2] for _, r in parts]))
     reporter.done()
-    return [results[i] for i in sorted(results)]
+    return entries

@@ -8,20 +8,18 @@ values and the large-object count. Both return a list of `Mismatch`; empty means
 
 from __future__ import annotations
 
-import queue
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 
 from . import manifest as mf
-from .compression import digest
 from .config import Endpoint
-from .errors import SnapdbError, StoreError
+from .errors import SnapdbError
 from .postgres import first_line, open_data_session, large_object_count, list_tables, read_sequences
 from .progress import NULL, Reporter
-from .store import MissingError, Store
-from .tabledata import read_table
+from .store import Store
+from .tabledata import ZERO, add_checksums, plan_parts
+from .workers import Session, WorkerPool, analyze, checksum_part, digest_file
 
 
 @dataclass
@@ -40,23 +38,23 @@ class Mismatch:
         return {"kind": self.kind, "name": self.name, "expected": self.expected, "actual": self.actual}
 
 
-def verify_files(store: Store, manifest: mf.Manifest, reporter: Reporter = NULL) -> list[Mismatch]:
-    """Compare every stored file of the snapshot with its manifest entry."""
+def verify_files(store: Store, manifest: mf.Manifest, reporter: Reporter = NULL,
+                 pool: WorkerPool | None = None) -> list[Mismatch]:
+    """Compare every stored file of the snapshot with its manifest entry (in `pool` if given)."""
     reporter.phase("verifying files", total_bytes=manifest.stored_bytes, total_items=len(manifest.files))
+    tasks = [(store, mf.key(manifest.id, e.path)) for e in manifest.files]
+    if pool is not None:
+        found = pool.run(digest_file, tasks, on_done=lambda i, r: reporter.advance(nbytes=r[1] if r else 0, items=1))
+    else:
+        found = [digest_file(*t) for t in tasks]
     out = []
-    for entry in manifest.files:
-        try:
-            sha, size = digest(store, mf.key(manifest.id, entry.path))
-        except MissingError:
+    for entry, got in zip(manifest.files, found):
+        if got is None:
             out.append(Mismatch("file", entry.path, f"{entry.size} bytes", "missing"))
-            continue
-        except StoreError:
-            raise
-        if size != entry.size:
-            out.append(Mismatch("file", entry.path, f"{entry.size} bytes", f"{size} bytes"))
-        elif sha != entry.sha256:
-            out.append(Mismatch("file", entry.path, f"sha256 {entry.sha256[:16]}…", f"sha256 {sha[:16]}…"))
-        reporter.advance(nbytes=size, items=1)
+        elif got[1] != entry.size:
+            out.append(Mismatch("file", entry.path, f"{entry.size} bytes", f"{got[1]} bytes"))
+        elif got[0] != entry.sha256:
+            out.append(Mismatch("file", entry.path, f"sha256 {entry.sha256[:16]}…", f"sha256 {got[0][:16]}…"))
     reporter.done()
     return out
 
@@ -69,25 +67,40 @@ def verify_database(
     dbname: str | None = None,
     jobs: int = 2,
     reporter: Reporter = NULL,
+    pool: WorkerPool | None = None,
+    analyze: bool = False,
 ) -> list[Mismatch]:
-    """Compare database `dbname` (default: `ep`'s) with `manifest`; return the differences."""
+    """Compare database `dbname` (default: `ep`'s) with `manifest`; return the differences.
+
+    Every table is read in one exported snapshot, so a live database is checked at one instant;
+    large tables are read in page-range parts by the worker processes. With `analyze`, one worker
+    runs ANALYZE on the database meanwhile.
+    """
     encoding = manifest.database.encoding
     out: list[Mismatch] = []
-
-    def session(snapshot: str | None = None) -> psycopg.Connection:
-        return open_data_session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=snapshot)
-
-    # every table is read in one exported snapshot, so a live database is checked at one instant
-    main = session()
+    own_pool = pool is None
+    pool = pool or WorkerPool(jobs, reporter)  # before the first connection (see workers)
+    try:
+        main = open_data_session(ep, error_cls, dbname=dbname, encoding=encoding)
+    except BaseException:
+        if own_pool:
+            pool.close()
+        raise
     try:
         try:
             exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
             live = {(t.schema, t.name): t for t in list_tables(main)}
             seqs = {(s.schema, s.name): s for s in read_sequences(main)}
             lo = large_object_count(main)
+            version = main.info.server_version
         except psycopg.Error as exc:
             raise error_cls(f"reading the database catalog failed: {first_line(exc)}") from None
-        out += _compare_tables(session, exported, manifest, live, jobs, error_cls, reporter)
+        session = Session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=exported)
+        try:
+            out += _compare_tables(pool, session, manifest, live, jobs, version, reporter, analyze)
+        finally:
+            if own_pool:
+                pool.close()
     finally:
         main.close()
 
@@ -105,53 +118,37 @@ def verify_database(
             out.append(Mismatch("sequence", f"{s.schema}.{s.name}", want, f"{got.last_value} (called={got.is_called})"))
     if lo != manifest.large_objects:
         out.append(Mismatch("large_objects", "count", str(manifest.large_objects), str(lo)))
-
     return out
 
 
-def _compare_tables(session, exported, manifest, live, jobs, error_cls, reporter) -> list[Mismatch]:
-    """Checksum every table present on both sides with `jobs` sessions sharing `exported`."""
-    out: list[Mismatch] = []
+def _compare_tables(pool, session, manifest, live, jobs, version, reporter, analyze) -> list[Mismatch]:
+    """Checksum every table present on both sides (large ones in parts) and compare."""
     todo = [t for t in manifest.tables if (t.schema, t.name) in live]
-    reporter.phase("verifying tables", total_items=len(todo))
-    work: queue.Queue = queue.Queue()
-    for t in todo:
-        work.put(t)
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        try:
-            conn = session(exported)
-        except BaseException as exc:
-            errors.append(exc)
-            return
-        try:
-            while not errors:
-                try:
-                    t = work.get_nowait()
-                except queue.Empty:
-                    return
-                rows, checksum = read_table(conn, t.ref())
-                with lock:
-                    if rows != t.rows:
-                        out.append(Mismatch("table", f"{t.schema}.{t.name}", f"{t.rows} rows", f"{rows} rows"))
-                    elif checksum != t.checksum:
-                        out.append(Mismatch("table", f"{t.schema}.{t.name}", f"checksum {t.checksum}", f"checksum {checksum}"))
-                reporter.advance(items=1)
-        except psycopg.Error as exc:
-            errors.append(error_cls(f"reading table data failed: {first_line(exc)}"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, len(todo))))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    reporter.phase("verifying tables", total_bytes=sum(live[(t.schema, t.name)].bytes for t in todo) or None,
+                   total_items=len(todo))
+    tasks, owners = [], []
+    if analyze:
+        tasks.append(("analyze", replace(session, snapshot=None, readonly=False)))
+        owners.append(-1)
+    for i, t in enumerate(todo):
+        for pages in plan_parts(live[(t.schema, t.name)], jobs, version):
+            tasks.append(("read", session, t.ref(), pages))
+            owners.append(i)
+    results = pool.run(_dispatch, tasks)
+    out = []
+    for i, t in enumerate(todo):
+        rows, checksum = 0, ZERO
+        for k, owner in enumerate(owners):
+            if owner == i:
+                rows += results[k][0]
+                checksum = add_checksums(checksum, results[k][1])
+        if rows != t.rows:
+            out.append(Mismatch("table", f"{t.schema}.{t.name}", f"{t.rows} rows", f"{rows} rows"))
+        elif checksum != t.checksum:
+            out.append(Mismatch("table", f"{t.schema}.{t.name}", f"checksum {t.checksum}", f"checksum {checksum}"))
     reporter.done()
     return out
+
+
+def _dispatch(kind: str, *args):
+    return analyze(*args) if kind == "analyze" else checksum_part(*args)

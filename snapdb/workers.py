@@ -1,0 +1,210 @@
+"""Parallel table work in worker processes.
+
+Why processes: reading COPY data costs Python work per row, which holds the GIL; threads would
+serialise on it, processes use every core. `WorkerPool` runs the task functions below in
+``jobs`` processes (forked on Linux, spawned elsewhere). Each worker keeps one database session per `Session` description
+(so all parts a worker reads share its imported snapshot), reports bytes through a shared
+counter, and stops at the next megabyte once any task has failed. Workers die with their parent
+(PR_SET_PDEATHSIG), so a killed snapdb leaves no orphans writing into a temporary database.
+
+Task contract: arguments and results are picklable; failures are raised as `SnapdbError`
+subclasses (database errors are converted in the worker, with libpq's first line).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from .compression import ZstdSink, digest, open_zstd
+from .config import Endpoint
+from .postgres import TableRef, apply_data_settings, connect, first_line, open_data_session
+from .progress import Reporter
+from .store import Store
+from .tabledata import PageRange, load_table, read_table
+
+_progress = None  # shared byte counter (multiprocessing.Value)
+_stop = None  # shared "a task failed" flag (multiprocessing.Event)
+_sessions: dict = {}
+
+
+class _Stopped(Exception):
+    """Raised inside a task when another task has failed."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """How a worker connects: endpoint, database, client encoding, snapshot to import.
+
+    `snapshot` None and `readonly` False gives an autocommit session for loading.
+    """
+
+    endpoint: Endpoint
+    error_cls: type
+    dbname: str | None = None
+    encoding: str | None = None
+    snapshot: str | None = None
+    readonly: bool = True
+
+    def key(self) -> tuple:
+        return (self.endpoint.conninfo(self.dbname), self.encoding, self.snapshot, self.readonly)
+
+
+def _init(progress, stop) -> None:
+    global _progress, _stop
+    _progress, _stop = progress, stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _noop() -> None:
+    """Forces the pool to start its processes."""
+
+
+def _tick(nbytes: int) -> None:
+    if _stop is not None and _stop.is_set():
+        raise _Stopped()
+    if _progress is not None:
+        with _progress.get_lock():
+            _progress.value += nbytes
+
+
+def _session(s: Session) -> psycopg.Connection:
+    conn = _sessions.get(s.key())
+    if conn is None or conn.closed or conn.broken:
+        if s.readonly:
+            conn = open_data_session(s.endpoint, s.error_cls, dbname=s.dbname, encoding=s.encoding, snapshot=s.snapshot)
+        else:
+            conn = connect(s.endpoint, s.error_cls, dbname=s.dbname, autocommit=True)
+            apply_data_settings(conn, s.encoding)
+        _sessions[s.key()] = conn
+    return conn
+
+
+def _guard(s: Session, what: str, fn: Callable):
+    try:
+        return fn()
+    except psycopg.Error as exc:
+        raise s.error_cls(f"{what} failed: {first_line(exc)}") from None
+
+
+# -- tasks -------------------------------------------------------------------------------------
+def dump_part(s: Session, store: Store, key: str, path: str, table: TableRef, pages: PageRange | None):
+    """Copy one table part into a zstd file; return (rows, checksum, FileEntry) after reading
+    the stored file back and checking its sha256."""
+    def run():
+        with ZstdSink(store, key, path) as sink:
+            rows, checksum = read_table(_session(s), table, sink, on_bytes=_tick, pages=pages)
+        sha, size = digest(store, key)
+        if (sha, size) != (sink.entry.sha256, sink.entry.size):
+            raise s.error_cls(f"snapshot file {path} changed while being stored (sha256 or size differs)")
+        return rows, checksum, sink.entry
+    return _guard(s, f"copying {table.qualname}", run)
+
+
+def checksum_part(s: Session, table: TableRef, pages: PageRange | None) -> tuple[int, str]:
+    """Return (rows, checksum) of one table part."""
+    return _guard(s, f"reading {table.qualname}", lambda: read_table(_session(s), table, on_bytes=_tick, pages=pages))
+
+
+def load_part(s: Session, store: Store, key: str, table: TableRef) -> int:
+    """Load one zstd COPY file into `table` in its own transaction; return the rows loaded."""
+    def run():
+        conn = _session(s)
+        with conn.transaction(), open_zstd(store, key) as src:
+            return load_table(conn, table, src, on_bytes=_tick)
+    return _guard(s, f"loading {table.qualname}", run)
+
+
+def analyze(s: Session) -> None:
+    """Run ANALYZE on the whole database of session `s` (planner statistics for a fresh copy)."""
+    def run():
+        _session(s).execute("ANALYZE")
+    _guard(s, "ANALYZE", run)
+
+
+def digest_file(store: Store, key: str) -> tuple[str, int] | None:
+    """Return (sha256, size) of a stored object, or None when it is missing."""
+    from .store import MissingError
+
+    try:
+        return digest(store, key)
+    except MissingError:
+        return None
+
+
+# -- the pool ----------------------------------------------------------------------------------
+class WorkerPool:
+    """`jobs` worker processes; use as a context manager, submit batches with `run`."""
+
+    def __init__(self, jobs: int, reporter: Reporter) -> None:
+        # fork on Linux: fast, and callers need no ``if __name__ == "__main__"`` guard. The
+        # workers are started here, at once, so create the pool before opening connections or
+        # starting threads: a forked child must not inherit a live session or a held lock.
+        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+        self.reporter = reporter
+        self.progress = ctx.Value("q", 0)
+        self.stop = ctx.Event()
+        self.executor = cf.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx,
+                                               initializer=_init, initargs=(self.progress, self.stop))
+        self.executor.submit(_noop).result()
+        self._reported = 0
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.stop.set()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers, closing their database sessions (idempotent)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, fn: Callable, tasks: Sequence[tuple], on_done: Callable[[int, object], None] | None = None) -> list:
+        """Run ``fn(*task)`` for every task; return results in task order.
+
+        Stops at the first failure: pending tasks are cancelled, running ones abandon their work
+        at the next megabyte, and the first error is raised. `on_done(index, result)` runs in
+        this process as each task completes.
+        """
+        futures = {self.executor.submit(fn, *t): i for i, t in enumerate(tasks)}
+        results: list = [None] * len(tasks)
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
+                self._report()
+                for f in done:
+                    exc = f.exception()
+                    if exc is not None:
+                        raise exc
+                    results[futures[f]] = f.result()
+                    if on_done is not None:
+                        on_done(futures[f], f.result())
+        except BaseException:
+            self.stop.set()
+            for f in pending:
+                f.cancel()
+            cf.wait(pending)  # running tasks abandon their work at their next megabyte
+            raise
+        self._report()
+        return results
+
+    def _report(self) -> None:
+        value = self.progress.value
+        if value > self._reported:
+            self.reporter.advance(nbytes=value - self._reported)
+            self._reported = value
