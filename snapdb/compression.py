@@ -57,19 +57,18 @@ class ZstdSink:
     The object is published only if the block exits cleanly. `entry` holds the result after exit.
     """
 
-    def __init__(self, store: Store, key: str, path: str, level: int = LEVEL, threads: int = 0) -> None:
+    def __init__(self, store: Store, key: str, path: str, level: int = LEVEL, sync: bool = True) -> None:
         self.store, self.key, self.path = store, key, path
-        self.level, self.threads = level, threads
+        self.level, self.sync = level, sync
         self.raw_size = 0
         self._buf = bytearray()
         self.entry: FileEntry | None = None
 
     def __enter__(self) -> ZstdSink:
-        self._cm = self.store.writer(self.key)
+        self._cm = self.store.writer(self.key, sync=self.sync)
         f = self._cm.__enter__()
         self._hashing = _Hashing(f)
-        cctx = zstandard.ZstdCompressor(level=self.level, threads=self.threads, write_checksum=True)
-        self._z = cctx.stream_writer(self._hashing, closefd=False)
+        self._z = _compressor(self.level).stream_writer(self._hashing, closefd=False)
         return self
 
     def write(self, data: bytes | memoryview) -> None:
@@ -93,6 +92,16 @@ class ZstdSink:
         if exc_type is None:
             self.entry = FileEntry(self.path, self._hashing.sha.hexdigest(), self._hashing.size, self.raw_size)
         return False
+
+
+_compressors: dict[int, zstandard.ZstdCompressor] = {}
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per level and process (creating one per file costs more than small files)."""
+    if level not in _compressors:
+        _compressors[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return _compressors[level]
 
 
 def open_zstd(store: Store, key: str) -> BinaryIO:

@@ -228,7 +228,8 @@ def _load_tables(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: 
         reporter.advance(items=1)
         faults.checkpoint("restore:table-loaded")
 
-    pool.run(load_part, [(session, store, mf.key(manifest.id, p["file"]), t.ref()) for t, p in parts], on_done=done)
+    pool.run_items(load_part, [(session, store, mf.key(manifest.id, p["file"]), t.ref()) for t, p in parts],
+                   [sizes.get(p["file"], 0) for _, p in parts], on_done=done)
     reporter.done()
 
 

@@ -146,6 +146,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
     sha, size = digest(store, mf.key(snap_id, mf.SCHEMA_FILE))
     if (sha, size) != (sink.entry.sha256, sink.entry.size):
         raise IntegrityError(f"snapshot file {mf.SCHEMA_FILE} changed while being stored (sha256 or size differs)")
+    store.sync()  # every file durable before the manifest makes the snapshot exist
     manifest = mf.Manifest(
         id=snap_id,
         source=source.source_name,
@@ -197,7 +198,8 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
             reporter.advance(items=1)
             faults.checkpoint("snapshot:table-copied")
 
-    results = pool.run(dump_part, tasks, on_done=done)
+    weights = [t.bytes // len(plan_parts(t, jobs, version_num)) for t in (tables[i] for i in owners)]
+    results = pool.run_items(dump_part, tasks, weights, on_done=done)
     entries = []
     for i, t in enumerate(tables):
         parts = [(tasks[k][3], results[k]) for k in range(len(tasks)) if owners[k] == i]

@@ -44,7 +44,8 @@ def verify_files(store: Store, manifest: mf.Manifest, reporter: Reporter = NULL,
     reporter.phase("verifying files", total_bytes=manifest.stored_bytes, total_items=len(manifest.files))
     tasks = [(store, mf.key(manifest.id, e.path)) for e in manifest.files]
     if pool is not None:
-        found = pool.run(digest_file, tasks, on_done=lambda i, r: reporter.advance(nbytes=r[1] if r else 0, items=1))
+        found = pool.run_items(digest_file, tasks, [e.size for e in manifest.files],
+                               on_done=lambda i, r: reporter.advance(nbytes=r[1] if r else 0, items=1))
     else:
         found = [digest_file(*t) for t in tasks]
     out = []
@@ -126,15 +127,18 @@ def _compare_tables(pool, session, manifest, live, jobs, version, reporter, anal
     todo = [t for t in manifest.tables if (t.schema, t.name) in live]
     reporter.phase("verifying tables", total_bytes=sum(live[(t.schema, t.name)].bytes for t in todo) or None,
                    total_items=len(todo))
-    tasks, owners = [], []
+    tasks, owners, weights = [], [], []
     if analyze:
         tasks.append(("analyze", replace(session, snapshot=None, readonly=False)))
         owners.append(-1)
+        weights.append(1 << 62)  # first, alone: it runs beside the reads
     for i, t in enumerate(todo):
-        for pages in plan_parts(live[(t.schema, t.name)], jobs, version):
+        ranges = plan_parts(live[(t.schema, t.name)], jobs, version)
+        for pages in ranges:
             tasks.append(("read", session, t.ref(), pages))
             owners.append(i)
-    results = pool.run(_dispatch, tasks)
+            weights.append(live[(t.schema, t.name)].bytes // len(ranges))
+    results = pool.run_items(_dispatch, tasks, weights)
     out = []
     for i, t in enumerate(todo):
         rows, checksum = 0, ZERO

@@ -104,7 +104,7 @@ def dump_part(s: Session, store: Store, key: str, path: str, table: TableRef, pa
     """Copy one table part into a zstd file; return (rows, checksum, FileEntry) after reading
     the stored file back and checking its sha256."""
     def run():
-        with ZstdSink(store, key, path) as sink:
+        with ZstdSink(store, key, path, sync=False) as sink:  # the pipeline syncs the store once
             rows, checksum = read_table(_session(s), table, sink, on_bytes=_tick, pages=pages)
         sha, size = digest(store, key)
         if (sha, size) != (sink.entry.sha256, sink.entry.size):
@@ -144,7 +144,19 @@ def digest_file(store: Store, key: str) -> tuple[str, int] | None:
         return None
 
 
+def _batch(fn: Callable, items: list[tuple]) -> list:
+    out = []
+    for item in items:
+        if _stop is not None and _stop.is_set():
+            raise _Stopped()
+        out.append(fn(*item))
+    return out
+
+
 # -- the pool ----------------------------------------------------------------------------------
+BATCH_WEIGHT = 8 << 20
+BATCH_ITEMS = 64
+
 class WorkerPool:
     """`jobs` worker processes; use as a context manager, submit batches with `run`."""
 
@@ -202,6 +214,37 @@ class WorkerPool:
             raise
         self._report()
         return results
+
+    def run_items(self, fn: Callable, items: Sequence[tuple], weights: Sequence[int],
+                  on_done: Callable[[int, object], None] | None = None) -> list:
+        """Run ``fn(*item)`` for every item like `run`, but in batches: items lighter than
+        `BATCH_WEIGHT` (bytes, roughly) travel together, so hundreds of small tables cost a few
+        round trips to the workers instead of one each. Heavy items go first."""
+        order = sorted(range(len(items)), key=lambda i: -weights[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        weight = 0
+        for i in order:
+            if weights[i] >= BATCH_WEIGHT:
+                batches.append([i])
+                continue
+            current.append(i)
+            weight += weights[i]
+            if weight >= BATCH_WEIGHT or len(current) >= BATCH_ITEMS:
+                batches.append(current)
+                current, weight = [], 0
+        if current:
+            batches.append(current)
+        out: list = [None] * len(items)
+
+        def done(b: int, results: list) -> None:
+            for i, r in zip(batches[b], results):
+                out[i] = r
+                if on_done is not None:
+                    on_done(i, r)
+
+        self.run(_batch, [(fn, [items[i] for i in b]) for b in batches], on_done=done)
+        return out
 
     def _report(self) -> None:
         value = self.progress.value

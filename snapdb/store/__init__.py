@@ -19,9 +19,11 @@ class MissingError(StoreError):
 class Store(Protocol):
     """Contract every backend keeps.
 
-    - `writer(key)`: a context manager yielding a binary file to write. The object becomes
-      visible under `key` only when the block exits without an exception (atomic publish);
-      otherwise nothing is left behind. Overwrites an existing key.
+    - `writer(key, sync=True)`: a context manager yielding a binary file to write. The object
+      becomes visible under `key` only when the block exits without an exception (atomic
+      publish); otherwise nothing is left behind. Overwrites an existing key. With `sync` the
+      object is durable on return; without it, only after the next `sync()`.
+    - `sync()`: make every object published so far durable.
     - `reader(key)`: a binary file positioned at the start; raises `MissingError` if absent.
     - `list(prefix)`: every key starting with `prefix`, sorted; an empty list when none.
     - `size(key)`: the object's size in bytes; `MissingError` if absent.
@@ -30,7 +32,8 @@ class Store(Protocol):
     - `describe()`: a credential-free description for messages.
     """
 
-    def writer(self, key: str) -> AbstractContextManager[BinaryIO]: ...
+    def writer(self, key: str, sync: bool = True) -> AbstractContextManager[BinaryIO]: ...
+    def sync(self) -> None: ...
     def reader(self, key: str) -> BinaryIO: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def size(self, key: str) -> int: ...

@@ -36,7 +36,7 @@ class LocalStore:
         return self.root.joinpath(*parts)
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, sync: bool = True) -> Iterator[BinaryIO]:
         path = self._path(key)
         try:
             self._mkdirs(path.parent)
@@ -48,10 +48,12 @@ class LocalStore:
         try:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
             f.close()
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            if sync:
+                _fsync_dir(path.parent)
         except BaseException as exc:
             f.close()
             tmp.unlink(missing_ok=True)
@@ -66,6 +68,17 @@ class LocalStore:
             d = d.parent
         for m in reversed(missing):
             m.mkdir(mode=0o700, exist_ok=True)
+
+    def sync(self) -> None:
+        """Flush the whole filesystem holding the store (syncfs), once for many objects."""
+        if not self.root.is_dir():
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def reader(self, key: str) -> BinaryIO:
         path = self._path(key)
@@ -106,6 +119,18 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+
+def _load_syncfs():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 def _fsync_dir(d: Path) -> None:
