@@ -88,29 +88,45 @@ def _errors():
 
 
 class RichReporter(Reporter):
-    """Draws one progress bar per phase on stderr."""
+    """Draws one progress line per phase on stderr: bar, items done (tables, files), and for
+    phases measured in bytes the bytes done, throughput and ETA."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._task = None
         self._by_bytes = False
+        self._items = 0
+        self._total_items: int | None = None
 
     def phase(self, name, total_bytes=None, total_items=None):
         with self._lock:
             self._stop()
             self._by_bytes = bool(total_bytes)
+            self._items, self._total_items = 0, total_items
             cols = [TextColumn("{task.description}"), BarColumn()]
-            cols += [DownloadColumn(), TransferSpeedColumn()] if self._by_bytes else [MofNCompleteColumn()]
+            if self._by_bytes:
+                cols += [TextColumn("{task.fields[items]}"), DownloadColumn(), TransferSpeedColumn()]
+            else:
+                cols += [MofNCompleteColumn()]
             cols += [TimeRemainingColumn()]
             self._progress = Progress(*cols, console=err, transient=False)
             self._progress.start()
-            self._task = self._progress.add_task(name, total=total_bytes if self._by_bytes else total_items)
+            self._task = self._progress.add_task(
+                name, total=total_bytes if self._by_bytes else total_items, items=self._items_text())
+
+    def _items_text(self) -> str:
+        return f"{self._items}/{self._total_items}" if self._total_items else ""
 
     def advance(self, nbytes=0, items=0):
         with self._lock:
-            if self._progress is not None:
-                self._progress.advance(self._task, nbytes if self._by_bytes else items)
+            if self._progress is None:
+                return
+            self._items += items
+            if self._by_bytes:
+                self._progress.update(self._task, advance=nbytes, items=self._items_text())
+            else:
+                self._progress.advance(self._task, items)
 
     def done(self):
         with self._lock:
