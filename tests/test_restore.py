@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import psycopg
@@ -11,7 +10,7 @@ import pytest
 from psycopg import sql
 
 from snapdb import commands, names
-from snapdb.config import Config, Endpoint, load_config
+from snapdb.config import Config, load_config
 from snapdb.errors import ConfigError, IntegrityError, RefusedError
 from snapdb.postgres import read_database_props
 

@@ -7,7 +7,6 @@ argv) while each pg_dump / pg_restore child runs, then exec the real program.
 
 from __future__ import annotations
 
-import os
 import stat
 
 from .conftest import create_db, run_cli, write_config
