@@ -1,4 +1,5 @@
-"""`make demo`: snapshot a throwaway "prod" database, restore it into "dev", verify, refuse prod.
+"""`make demo`: snapshot a throwaway "prod" database, restore it into "dev", verify, refuse prod,
+then upgrade to release v2.0: refused on prod, rehearsed on dev, then allowed on prod.
 
 Starts its own PostgreSQL cluster (initdb + pg_ctl on a free port, see `snapdb.cluster`), loads
 fixtures/service0.sql into database ``service0``, writes a snapdb.toml into a temporary work
@@ -90,7 +91,9 @@ def main() -> int:
             'role = "production"\n\n'
             "[services.dev]\n"
             f"url = {toml_str(cluster.url('service0-dev'))}\n"
-            'role = "dev"\n',
+            'role = "dev"\n\n'
+            "[upgrade]\n"
+            f"migrations = {toml_str(str(ROOT / 'migrations'))}\n",
             encoding="utf-8",
         )
         heading(f"configuration {cfg}")
@@ -120,6 +123,17 @@ def main() -> int:
         snapdb("restore", "--into", "dev", "--from", "prod")
         snapdb("verify", latest, "--against", "dev")
         snapdb("restore", "--into", "prod", "--from", "prod", expect=8)
+
+        heading("release-tagged upgrades: migrations/ holds v1.0 (service0 as loaded), v1.1 and v2.0")
+        snapdb("releases")
+        snapdb("upgrade", "prod", "--to", "v2.0", expect=8)  # no rehearsal on record yet
+        snapdb("upgrade", "dev", "--to", "v2.0", "--dry-run")
+        snapdb("upgrade", "dev", "--to", "v2.0")  # the rehearsal: dev was restored from prod
+        snapdb("upgrade", "prod", "--to", "v2.0")
+        snapdb("snapshot", "prod", "--label", "at v2.0")
+        snapdb("releases")
+        run([psql, "-X", "-P", "footer=off", "-d", cluster.conninfo("service0"), "-c",
+             "SELECT operation, tag, from_revision, to_revision, outcome, rehearsal FROM snapdb.history ORDER BY id"])
 
         heading("databases on the demo server")
         run([psql, "-X", "-P", "footer=off", "-d", cluster.conninfo("postgres"), "-c",

@@ -30,7 +30,7 @@ from .errors import SnapdbError
 from .progress import NULL, Reporter
 
 app = typer.Typer(
-    help="PostgreSQL snapshots, and restores swapped in by rename after verification.",
+    help="PostgreSQL snapshots, restores swapped in by rename after verification, and release-tagged upgrades.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -262,6 +262,112 @@ def verify(
             if res.ok:
                 _say(f"snapshot {res.snapshot_id}: ok" + (f", {against} matches" if against else ""))
         commands.raise_if_failed(res)
+
+
+MigrationsOpt = Annotated[Optional[str], typer.Option(
+    "--migrations", help="alembic script directory (overrides the configuration).")]
+
+
+@app.command()
+def upgrade(
+    target: Annotated[str, typer.Argument(help="Service name or postgresql:// URL.")],
+    to: Annotated[str, typer.Option("--to", help="Release tag to upgrade to (from releases.toml).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    sql: Annotated[bool, typer.Option("--sql", help="Print the SQL the upgrade would run; change nothing.")] = False,
+    skip_rehearsal: Annotated[bool, typer.Option(
+        "--skip-rehearsal", help="Upgrade a production service without a rehearsal on record (recorded in history).")] = False,
+    migrations: MigrationsOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upgrade TARGET to a release: scripts checked against the ledger, one transaction per revision.
+
+    Example: snapdb upgrade service0-dev --to v2.0
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.upgrade(cfg, target, to=to, dry_run=dry_run, sql=sql, skip_rehearsal=skip_rehearsal,
+                               migrations=migrations, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    if res.outcome == "up-to-date":
+        _say(f"{res.target} is already at {res.tag} (revision {res.revision}); nothing to do")
+        return
+    if res.mode == "sql":
+        typer.echo(res.sql or "", nl=False)
+        return
+    start = f"{res.from_tag or res.from_revision or 'base (no version table)'}"
+    if res.mode == "dry-run":
+        typer.echo(f"plan for {res.target} ({res.database}): {start} -> {res.tag} (revision {res.revision})")
+        typer.echo(f"scripts: {res.scripts}, checksum {res.checksum} matches the ledger")
+        for n, step in enumerate(res.steps, 1):
+            label = f" [{step['tag']}]" if step["tag"] else ""
+            typer.echo(f"  {n}. {step['revision']}{label} {step['file']}: {step['doc']}")
+        if res.production:
+            typer.echo(f"rehearsal: {res.rehearsal or ('SKIPPED' if res.rehearsal_skipped else 'none')}")
+        return
+    _say(f"upgraded {res.target} from {start} to {res.tag} ({len(res.steps)} revision"
+         f"{'s' if len(res.steps) != 1 else ''}) in {res.seconds:.1f}s; history record {res.history_id}")
+
+
+release_app = typer.Typer(help="Record releases in the ledger (releases.toml).", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("add")
+def release_add(
+    tag: Annotated[str, typer.Argument(help="Release tag, e.g. v2.0 (the git tag, if you use git).")],
+    migrations: MigrationsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record the migrations' single head as release TAG, with the checksums of its scripts.
+
+    Example: snapdb release add v2.0
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.release_add(cfg, tag, migrations=migrations)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    typer.echo(f"{res.tag} = revision {res.revision}, checksum {res.checksum}")
+    _say(f"recorded in {res.ledger} from {res.scripts}; commit it, then tag: git tag {res.tag}")
+
+
+@app.command()
+def releases(
+    migrations: MigrationsOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List releases, whether their scripts still match, and which databases and snapshots are at each.
+
+    Example: snapdb releases
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.releases(cfg, migrations=migrations, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    table = Table("release", "revision", "scripts", "from", "databases", "snapshots")
+    for r in res.releases:
+        table.add_row(r.tag, r.revision, r.scripts, r.origin, ", ".join(r.databases),
+                      ", ".join(r.snapshots[:3]) + (f" (+{len(r.snapshots) - 3})" if len(r.snapshots) > 3 else ""))
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+    for r in res.releases:
+        for problem in r.problems:
+            typer.echo(f"{r.tag}: {problem}")
+    released = {r.revision for r in res.releases}
+    for head in res.heads:
+        if head not in released:
+            typer.echo(f"head {head} is not released yet (snapdb release add TAG)")
+    for d in res.databases:
+        if d["error"]:
+            typer.echo(f"{d['service']}: unreachable: {d['error']}")
+        elif not d["tag"]:
+            typer.echo(f"{d['service']}: at revision {d['revision'] or 'none (no version table)'}, not a release")
 
 
 def main() -> None:

@@ -7,18 +7,28 @@ them directly, e.g. ``commands.restore(load_config(), into="service0-dev")``. Th
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import psycopg
+
+from . import gitsource, history
 from . import manifest as mf
-from .config import Config, Endpoint, is_url, parse_url
-from .errors import ConfigError, IntegrityError, RefusedError, StoreError, TargetError
+from .config import Config, Endpoint, format_duration, is_url, parse_url
+from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, StoreError, TargetError
+from .ledger import Ledger, check_tag
 from .names import valid_dbname
+from .postgres import alembic_revisions, connect, first_line
 from .progress import NULL, Reporter
 from .restore import restore_snapshot
 from .snapshot import take_snapshot
 from .store import Store, open_store
 from .verify import verify_database, verify_files
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,7 +118,26 @@ def snapshot(
     """
     ep = cfg.endpoint(source)
     st = _store(cfg, store)
-    return SnapshotInfo.from_manifest(take_snapshot(ep, st, jobs=jobs, label=label, reporter=reporter))
+    return SnapshotInfo.from_manifest(take_snapshot(
+        ep, st, jobs=jobs, label=label, release_probe=_release_probe(cfg, ep), reporter=reporter))
+
+
+def _release_probe(cfg: Config, ep: Endpoint) -> Callable[[psycopg.Connection], dict | None]:
+    """Probe for the manifest: the source's alembic revision and its tag in the ledger, if any."""
+    try:
+        ledger: Ledger | None = Ledger.load(cfg.migrations_dir(ep.name, must_exist=False))
+    except SnapdbError as exc:  # a broken ledger must not stop snapshots; the tag stays unknown
+        log.warning("release tags unavailable: %s", exc.message)
+        ledger = None
+
+    def probe(conn: psycopg.Connection) -> dict | None:
+        revisions = alembic_revisions(conn)
+        if not revisions:
+            return None
+        revision = ",".join(revisions)
+        return {"tag": ledger.tag_for(revision) if ledger else None, "revision": revision}
+
+    return probe
 
 
 def source_name(cfg: Config, ref: str) -> str:
@@ -204,11 +233,29 @@ def restore(
         st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
         maintenance_db=os.environ.get("SNAPDB_MAINTENANCE_DB", "postgres"), reporter=reporter,
     )
+    _catalog_restore(st, ep, dbname, m)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
         tables=out.tables, rows=out.rows, seconds=out.seconds,
     )
+
+
+def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest) -> None:
+    """Publish in the catalog the ``restore`` row the restore wrote (managed sources only)."""
+    if not m.release:
+        return
+    try:
+        with connect(ep, TargetError, dbname=dbname, autocommit=True) as conn:
+            rec = next((r for r in history.rows(conn, 20) if r.operation == "restore" and r.restored_from == m.id), None)
+    except psycopg.Error as exc:
+        raise TargetError(f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}") from None
+    if rec is not None:
+        rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname}
+        try:
+            history.write_catalog(st, rec)
+        except StoreError as exc:
+            raise StoreError(f"restored {dbname!r}, but recording it in the store's catalog failed: {exc.message}") from None
 
 
 def verify(
@@ -240,3 +287,249 @@ def raise_if_failed(result: VerifyResult) -> None:
         first = result.problems[0]
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         raise IntegrityError(f"snapshot {result.snapshot_id}: {first}{more}")
+
+
+# -- releases and upgrades -------------------------------------------------------------------------
+# `releases` and `migrate` import alembic and SQLAlchemy (0.4 s); they are imported by the three
+# functions below only, so the other commands start fast.
+
+
+@dataclass
+class UpgradeResult:
+    """What `upgrade` planned and did. `outcome`: ``upgraded``, ``up-to-date`` or ``planned``."""
+
+    target: str
+    database: str
+    tag: str
+    revision: str
+    checksum: str
+    scripts: str
+    from_revision: str | None
+    from_tag: str | None
+    steps: list[dict] = field(default_factory=list)
+    outcome: str = "planned"
+    mode: str = "upgrade"  # upgrade | dry-run | sql
+    production: str | None = None
+    rehearsal: str | None = None
+    rehearsal_skipped: bool = False
+    restored_from: str | None = None
+    history_id: str | None = None
+    sql: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+def _production_service(cfg: Config, ref: str, ep: Endpoint) -> str | None:
+    """The production service `ref` is, or points at (same server and database), if any."""
+    for name, svc in cfg.services.items():
+        if svc.role == "production" and (name == ref or (svc.server_key(), svc.dbname) == (ep.server_key(), ep.dbname)):
+            return name
+    return None
+
+
+def _rehearsal_hint(cfg: Config, prod: str, tag: str) -> str:
+    dev = next((n for n, s in cfg.services.items() if s.role == "dev"), None) or next(
+        (n for n, s in cfg.services.items() if s.role != "production"), "DEV_DATABASE")
+    return (f"rehearse it on a copy first: `snapdb restore --into {dev} --from {prod}` then "
+            f"`snapdb upgrade {dev} --to {tag}` (or pass --skip-rehearsal, which is recorded)")
+
+
+def upgrade(
+    cfg: Config,
+    target: str,
+    *,
+    to: str,
+    dry_run: bool = False,
+    sql: bool = False,
+    skip_rehearsal: bool = False,
+    migrations: str | None = None,
+    store: str | None = None,
+) -> UpgradeResult:
+    """Upgrade TARGET to release TO: check the scripts against the ledger, plan, and apply.
+
+    Scripts come from git tag TO when the migrations directory is in a git repository that has
+    it, else from the working tree. A production service needs a rehearsal on record (see
+    docs/upgrades.md). `dry_run` returns the plan; `sql` the offline SQL; neither changes anything.
+
+    Example: ``upgrade(cfg, "service0-dev", to="v2.0")``
+    """
+    from . import migrate, releases
+
+    if dry_run and sql:
+        raise ConfigError("give either --dry-run or --sql, not both")
+    check_tag(to)
+    ep = cfg.endpoint(target)
+    prod = _production_service(cfg, target, ep)
+    mdir = cfg.migrations_dir(ep.name, migrations)
+    ledger = Ledger.load(mdir)
+    rel = ledger.get(to)
+    changes = not (dry_run or sql)
+    st = _store(cfg, store) if (changes or prod) else None
+    where = ep.name or ep.display()
+    with contextlib.ExitStack() as stack:
+        scripts = stack.enter_context(releases.open_scripts(mdir, to))
+        releases.check_release(rel, scripts)
+        session = stack.enter_context(migrate.UpgradeSession(ep, lock=changes))
+        worktree = None
+        if session.current and scripts.commit and not scripts.knows(session.current):
+            worktree = stack.enter_context(releases.open_scripts(mdir))  # to tell "ahead" from "unknown"
+        steps = migrate.plan(scripts, session.current, rel.revision, ledger.tag_for, where, worktree)
+        result = UpgradeResult(
+            target=where, database=ep.display(), tag=to, revision=rel.revision, checksum=rel.checksum,
+            scripts=scripts.origin, from_revision=session.current, from_tag=ledger.tag_for(session.current),
+            steps=[s.to_json() for s in steps], mode="dry-run" if dry_run else "sql" if sql else "upgrade",
+            production=prod, restored_from=session.restored_from[0] if session.restored_from else None,
+        )
+        if not steps:
+            result.outcome = "up-to-date"
+            return result
+        if prod:
+            found = history.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow())
+            if found is not None:
+                result.rehearsal = found.record_id
+            elif not skip_rehearsal:
+                raise RefusedError(
+                    f"refusing to upgrade production service {prod!r} to {to}: no rehearsal on record "
+                    f"(a successful upgrade to {to} with checksum {rel.checksum[:12]} of a database restored "
+                    f"from a snapshot of {prod!r}, ended within {format_duration(cfg.rehearsal_max_age)})",
+                    hint=_rehearsal_hint(cfg, prod, to),
+                )
+            else:
+                result.rehearsal_skipped = True
+                log.warning("upgrading production service %r to %s WITHOUT a rehearsal on record "
+                            "(--skip-rehearsal); this is recorded in its history", prod, to)
+        if dry_run:
+            return result
+        if sql:
+            result.sql = migrate.offline_sql(scripts, session.current, rel.revision)
+            return result
+        rec = history.new_record(
+            "upgrade", ep, tag=to, from_revision=session.current, to_revision=rel.revision,
+            reached_revision=session.current, checksum=rel.checksum,
+            restored_from=result.restored_from,
+            restored_from_source=session.restored_from[1] if session.restored_from else None,
+            skip_rehearsal=result.rehearsal_skipped, rehearsal=result.rehearsal, scripts_origin=scripts.origin,
+        )
+        result.history_id = rec.record_id
+        result.seconds = session.apply(scripts, steps, rec, st)
+        result.outcome = "upgraded"
+        return result
+
+
+@dataclass
+class ReleaseAddResult:
+    """The release `release add` recorded."""
+
+    tag: str
+    revision: str
+    checksum: str
+    scripts: str
+    ledger: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def release_add(cfg: Config, tag: str, *, migrations: str | None = None) -> ReleaseAddResult:
+    """Record the migrations' single head as release TAG in the ledger (releases.toml).
+
+    Example: ``release_add(cfg, "v2.0")``
+    """
+    from . import releases
+
+    mdir = cfg.migrations_dir(None, migrations)
+    rel, origin = releases.add_release(mdir, tag)
+    return ReleaseAddResult(tag=rel.tag, revision=rel.revision, checksum=rel.checksum, scripts=origin,
+                            ledger=str(Ledger.load(mdir).path), files=rel.files)
+
+
+@dataclass
+class ReleaseStatus:
+    """One ledger entry: do its scripts still match, and which databases and snapshots are at it."""
+
+    tag: str
+    revision: str
+    checksum: str
+    recorded_at: str
+    scripts: str = "ok"  # ok | modified | unreadable
+    origin: str = ""
+    problems: list[str] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReleasesResult:
+    """`releases`: the ledger's releases, the working tree's heads, and where databases are."""
+
+    migrations: str
+    heads: list[str] = field(default_factory=list)
+    releases: list[ReleaseStatus] = field(default_factory=list)
+    databases: list[dict] = field(default_factory=list)  # {service, revision, tag, error}
+    snapshots: list[dict] = field(default_factory=list)  # {id, source, tag, revision}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def releases(cfg: Config, *, migrations: str | None = None, store: str | None = None) -> ReleasesResult:
+    """List releases, whether their scripts still match, and which databases and snapshots are at which.
+
+    Databases are the configured services that use this migrations directory (unreachable ones
+    are listed with their error); snapshots are those in the store whose manifest records one
+    of the ledger's revisions.
+
+    Example: ``releases(cfg)``
+    """
+    from . import releases as rl
+
+    mdir = cfg.migrations_dir(None, migrations)
+    ledger = Ledger.load(mdir)
+    out = ReleasesResult(migrations=str(mdir))
+    with contextlib.ExitStack() as stack:
+        worktree = stack.enter_context(rl.open_scripts(mdir))
+        out.heads = worktree.heads()
+        gd = gitsource.locate(mdir)
+        for rel in ledger.releases.values():
+            status = ReleaseStatus(rel.tag, rel.revision, rel.checksum, rel.recorded_at)
+            try:
+                if gd is not None and gitsource.tag_commit(gd, rel.tag):
+                    with rl.open_scripts(mdir, rel.tag) as tagged:
+                        diffs, status.origin = tagged.compare(rel), tagged.origin
+                else:
+                    diffs, status.origin = worktree.compare(rel), worktree.origin
+                if diffs:
+                    status.scripts, status.problems = "modified", [str(d) for d in diffs]
+            except SnapdbError as exc:
+                status.scripts, status.problems = "unreadable", [exc.message]
+            out.releases.append(status)
+    by_tag = {r.tag: r for r in out.releases}
+    for name, svc in cfg.services.items():
+        if cfg.migrations_dir(name, must_exist=False) != mdir:  # the services that use this directory
+            continue
+        entry = {"service": name, "revision": None, "tag": None, "error": None}
+        try:
+            with connect(svc, TargetError, autocommit=True) as conn:
+                entry["revision"] = ",".join(alembic_revisions(conn) or []) or None
+        except (SnapdbError, psycopg.Error) as exc:
+            entry["error"] = exc.message if isinstance(exc, SnapdbError) else first_line(exc)
+        entry["tag"] = ledger.tag_for(entry["revision"])
+        if entry["tag"]:
+            by_tag[entry["tag"]].databases.append(name)
+        out.databases.append(entry)
+    try:
+        st = _store(cfg, store)
+    except ConfigError:  # no store configured: list releases and databases only
+        st = None
+    revisions = {r.revision for r in ledger.releases.values()}
+    for m in mf.list_manifests(st) if st is not None else []:
+        rev = (m.release or {}).get("revision")
+        if rev in revisions:
+            tag = (m.release or {}).get("tag")
+            tag = tag if tag in by_tag and by_tag[tag].revision == rev else ledger.tag_for(rev)
+            by_tag[tag].snapshots.append(m.id)
+            out.snapshots.append({"id": m.id, "source": m.source, "tag": tag, "revision": rev})
+    return out

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -22,8 +24,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .errors import ConfigError
 
 ROLES = ("production", "standby", "dev")
-_TOP_KEYS = {"store", "services"}
+_TOP_KEYS = {"store", "services", "upgrade"}
 _STORE_KEYS = {"url"}
+_UPGRADE_KEYS = {"migrations", "rehearsal_max_age"}
+DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
+DEFAULT_MIGRATIONS = "migrations"
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
+_DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _SERVICE_KEYS = {"url", "role", "migrations"}
 _URL_PREFIXES = ("postgresql://", "postgres://")
 
@@ -96,6 +103,8 @@ class Config:
     store_url: str | None = None
     services: dict[str, Endpoint] = field(default_factory=dict)
     path: Path | None = None
+    migrations: str | None = None  # [upgrade] migrations
+    rehearsal_max_age: timedelta = DEFAULT_REHEARSAL_MAX_AGE  # [upgrade] rehearsal_max_age
 
     def endpoint(self, ref: str) -> Endpoint:
         """Resolve a service name or a libpq URL to an `Endpoint`.
@@ -111,6 +120,32 @@ class Config:
             f"unknown service {ref!r} (services: {known})",
             hint="give a service from snapdb.toml or a postgresql:// URL",
         )
+
+    def migrations_dir(self, service: str | None = None, override: str | None = None, *, must_exist: bool = True) -> Path:
+        """Return the alembic script directory for `service` (absolute).
+
+        Order: `override` (relative to the current directory), the service's ``migrations`` key,
+        ``[upgrade] migrations``, then ``migrations`` -- the last three relative to the config
+        file's directory (the current directory without a config file). Raises `ConfigError` when
+        `must_exist` and the directory does not exist.
+        """
+        base = self.path.resolve().parent if self.path else Path.cwd()
+        svc = self.services.get(service) if service else None
+        if override:
+            where, p = "--migrations", Path(override).expanduser()
+        elif svc is not None and svc.migrations:
+            where, p = f"migrations of service {service!r}", base / Path(svc.migrations).expanduser()
+        elif self.migrations:
+            where, p = "[upgrade] migrations", base / Path(self.migrations).expanduser()
+        else:
+            where, p = "default migrations directory", base / DEFAULT_MIGRATIONS
+        p = p.resolve()
+        if must_exist and not p.is_dir():
+            raise ConfigError(
+                f"{where}: no such directory {p}",
+                hint="set migrations = \"path\" for the service or in [upgrade], or pass --migrations",
+            )
+        return p
 
     def store(self, override: str | None = None) -> str:
         """Return the store URL: `override`, ``$SNAPDB_STORE``, then the config file's."""
@@ -204,7 +239,34 @@ def _parse(data: dict, path: Path) -> Config:
             raise ConfigError(f"{where}: migrations must be a path string")
         params = parse_url(url, what=f"url of service {name!r}")
         cfg.services[name] = Endpoint(params=params, name=name, role=role, migrations=migrations)
+    upgrade = data.get("upgrade", {})
+    if not isinstance(upgrade, dict):
+        raise ConfigError(f"{path}: [upgrade] must be a table")
+    _check_keys(upgrade, _UPGRADE_KEYS, f"{path} [upgrade]")
+    if "migrations" in upgrade:
+        if not isinstance(upgrade["migrations"], str) or not upgrade["migrations"]:
+            raise ConfigError(f"{path} [upgrade]: migrations must be a path string")
+        cfg.migrations = upgrade["migrations"]
+    if "rehearsal_max_age" in upgrade:
+        cfg.rehearsal_max_age = parse_duration(upgrade["rehearsal_max_age"], f"{path} [upgrade] rehearsal_max_age")
     return cfg
+
+
+def parse_duration(text: object, where: str) -> timedelta:
+    """Parse a duration such as ``"7d"``, ``"36h"``, ``"90m"`` or ``"30s"``."""
+    m = _DURATION_RE.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ConfigError(f"{where} must be a duration like \"7d\", \"36h\", \"90m\" or \"30s\", not {text!r}")
+    return timedelta(**{_DURATION_UNITS[m.group(2)]: int(m.group(1))})
+
+
+def format_duration(td: timedelta) -> str:
+    """Render a duration the way `parse_duration` reads it (largest whole unit)."""
+    secs = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs and secs % size == 0:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
 
 
 def _check_keys(table: dict, allowed: set[str], where: str) -> None:

@@ -80,18 +80,26 @@ class ToolError(SnapdbError):
     kind = "tool"
 
 
+class MigrationError(SnapdbError):
+    """A migration revision failed; the database stays at the last revision that succeeded."""
+
+    exit_code = 11
+    kind = "migration"
+
+
 #: exit code -> meaning; ``docs/exit-codes.md`` documents exactly these.
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (a bug: run with --debug and report it)",
     2: "command-line usage error (unknown option, missing argument)",
-    ConfigError.exit_code: "configuration error: bad snapdb.toml, unknown service, malformed URL",
+    ConfigError.exit_code: "configuration error: bad snapdb.toml, unknown service, malformed URL, unknown or invalid release tag",
     SourceError.exit_code: "the source database could not be read",
-    TargetError.exit_code: "the restore failed on the target server; the target is unchanged",
+    TargetError.exit_code: "the target server failed: a restore left the target unchanged; an upgrade could not connect or record its history",
     StoreError.exit_code: "the snapshot store could not be read or written, or no such snapshot",
-    IntegrityError.exit_code: "a snapshot or restored database does not match its manifest",
-    RefusedError.exit_code: "refused by a safety rule (production target, own source, ...)",
+    IntegrityError.exit_code: "a snapshot or restored database does not match its manifest, or a migration script does not match the release ledger",
+    RefusedError.exit_code: "refused by a safety rule (production target, own source, no rehearsal, database ahead of the release, ...)",
     BusyError.exit_code: "another snapdb run holds the lock for this target",
-    ToolError.exit_code: "pg_dump / pg_restore of a suitable version not found",
+    ToolError.exit_code: "pg_dump / pg_restore (or git) of a suitable version not found",
+    MigrationError.exit_code: "an upgrade revision failed; the database stays at the last revision that succeeded",
     130: "interrupted (SIGINT)",
 }

@@ -16,6 +16,10 @@ from psycopg import sql
 from .config import Endpoint
 from .errors import SnapdbError
 
+#: snapdb's own schema in managed databases (``snapdb.history``): carried by pg_dump's data
+#: section like any schema, but not copied, compared or verified as user data
+SNAPDB_SCHEMA = "snapdb"
+
 #: settings that make COPY text output deterministic and unaffected by the caller's environment
 DATA_SESSION_SETTINGS = {
     "DateStyle": "ISO",
@@ -87,10 +91,6 @@ def open_data_session(
     return conn
 
 
-def server_version_num(conn: psycopg.Connection) -> int:
-    return conn.info.server_version
-
-
 def version_string(num: int) -> str:
     return f"{num // 10000}.{num % 10000}"
 
@@ -126,7 +126,7 @@ FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
 WHERE c.relkind = 'r'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'snapdb')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
   AND c.relpersistence <> 't'
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
@@ -143,8 +143,10 @@ ORDER BY bytes DESC, n.nspname, c.relname
 def list_tables(conn: psycopg.Connection) -> list[TableRef]:
     """Return the user tables whose data snapdb copies, largest first.
 
-    Excluded: catalogs, temporary tables, and extension members (pg_dump handles extension
-    configuration tables itself). Partitions are included (their parents hold no rows).
+    Excluded: catalogs, temporary tables, extension members (pg_dump handles extension
+    configuration tables itself) and snapdb's own schema `SNAPDB_SCHEMA`, whose history rows
+    travel in pg_dump's data section and differ by design between a source and its restored copy.
+    Partitions are included (their parents hold no rows).
     """
     rows = conn.execute(_TABLES_SQL).fetchall()
     return [TableRef(r[0], r[1], list(r[2]), int(r[3])) for r in rows]
@@ -159,11 +161,12 @@ class SequenceValue:
 
 
 def read_sequences(conn: psycopg.Connection) -> list[SequenceValue]:
-    """Return every non-extension sequence's state, as seen by the current transaction."""
+    """Return every non-extension sequence's state (outside `SNAPDB_SCHEMA`), as seen by the
+    current transaction."""
     names = conn.execute(
         """SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'snapdb')
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
                     AND d.deptype = 'e')
@@ -176,6 +179,28 @@ def read_sequences(conn: psycopg.Connection) -> list[SequenceValue]:
         ).fetchone()
         out.append(SequenceValue(schema, name, int(row[0]), bool(row[1])))
     return out
+
+
+def alembic_revisions(conn: psycopg.Connection) -> list[str] | None:
+    """Return the revisions in the database's ``alembic_version`` table; None without one.
+
+    The table is looked up in the catalog (``public`` first, then any other schema), so this
+    works with an empty ``search_path``. An empty list means a version table with no row.
+    """
+    row = conn.execute(
+        """SELECT n.nspname FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relname = 'alembic_version' AND c.relkind IN ('r', 'p')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+           ORDER BY n.nspname <> 'public', n.nspname LIMIT 1"""
+    ).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(sql.Identifier(row[0], "alembic_version"))
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def large_object_count(conn: psycopg.Connection) -> int:

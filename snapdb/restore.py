@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import faults, manifest as mf, names, pgtools
+from . import faults, history, manifest as mf, names, pgtools
 from .compression import open_zstd
 from .config import Endpoint
 from .errors import BusyError, IntegrityError, RefusedError, SnapdbError, TargetError
@@ -132,6 +132,7 @@ def restore_snapshot(
                     hint="the target was not touched",
                 )
             faults.checkpoint("restore:verified")
+            history.record_restore(server, tmp, target, manifest)  # managed sources: the `restore` row
             with maint.transaction():
                 apply_database_props(maint, tmp, manifest.database)
             faults.checkpoint("restore:before-swap")

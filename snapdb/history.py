@@ -1,0 +1,273 @@
+"""Operation history: ``snapdb.history`` in each managed database, and the store's catalog.
+
+Every upgrade (and every restore of a managed database) is one `Record`. In the database it is a
+row of ``snapdb.history``, inserted with outcome ``running`` before anything changes and updated
+as revisions complete and at the end; the catalog holds the same record as one JSON object per
+operation, ``catalog/history/<record_id>.json``, published atomically by the store when the
+operation ends. The rehearsal gate reads the catalog (`find_rehearsal`); a restored database
+learns which snapshot it came from by its newest ``restore`` row (`restored_from`).
+
+A database is *managed* once it has an alembic version table. A restore writes its ``restore``
+row only when the snapshot's source was managed (its manifest records a release), so restores
+of other databases stay exact copies. The row is written into the temporary database after it
+has been verified, before the swap, so it never exists without the copy it describes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import secrets
+import socket
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from . import __version__
+from . import manifest as mf
+from .config import Endpoint
+from .errors import IntegrityError, StoreError, TargetError
+from .postgres import SNAPDB_SCHEMA, connect, first_line
+from .store import MissingError, Store
+
+CATALOG_PREFIX = "catalog/history/"
+FORMAT = "snapdb-history/1"
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+COMMENT ON SCHEMA {schema} IS 'snapdb: operation history of this database (upgrades, restores)';
+CREATE TABLE IF NOT EXISTS {table} (
+    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    record_id            text NOT NULL UNIQUE,
+    operation            text NOT NULL,
+    service              text,
+    tag                  text,
+    from_revision        text,
+    to_revision          text,
+    reached_revision     text,
+    failed_revision      text,
+    checksum             text,
+    restored_from        text,
+    restored_from_source text,
+    started_at           timestamptz NOT NULL,
+    ended_at             timestamptz,
+    os_user              text,
+    client_host          text,
+    outcome              text NOT NULL,
+    skip_rehearsal       boolean NOT NULL DEFAULT false,
+    rehearsal            text,
+    scripts_origin       text,
+    error                text,
+    snapdb_version       text
+)
+"""
+
+
+@dataclass
+class Record:
+    """One operation on one database, as stored in ``snapdb.history`` and in the catalog.
+
+    `to_revision` is the revision the operation aimed at, `reached_revision` the one the
+    database was left at; `failed_revision` names the revision that failed. `restored_from` is
+    the snapshot id the database was restored from (and `restored_from_source` that snapshot's
+    source), for upgrades as found in the database's newest ``restore`` row. `outcome` is one of
+    ``running``, ``succeeded``, ``failed``, ``interrupted``.
+    """
+
+    record_id: str
+    operation: str
+    started_at: str
+    os_user: str
+    client_host: str
+    outcome: str = "running"
+    service: str | None = None
+    database: dict | None = None  # {"host", "port", "dbname"}: catalog only
+    tag: str | None = None
+    from_revision: str | None = None
+    to_revision: str | None = None
+    reached_revision: str | None = None
+    failed_revision: str | None = None
+    checksum: str | None = None
+    restored_from: str | None = None
+    restored_from_source: str | None = None
+    ended_at: str | None = None
+    skip_rehearsal: bool = False
+    rehearsal: str | None = None
+    scripts_origin: str | None = None
+    error: str | None = None
+    snapdb_version: str = __version__
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Record:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def ended(self) -> datetime | None:
+        return datetime.fromisoformat(self.ended_at) if self.ended_at else None
+
+
+def new_record(operation: str, ep: Endpoint, dbname: str | None = None, **values) -> Record:
+    """A fresh record for `operation` on `ep` (or database `dbname` on its server), started now."""
+    now = mf.utcnow()
+    return Record(
+        record_id=now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond:06d}Z-" + secrets.token_hex(3),
+        operation=operation, started_at=now.isoformat(), os_user=_os_user(), client_host=socket.gethostname(),
+        service=ep.name, database={"host": ep.host, "port": ep.port, "dbname": dbname or ep.dbname}, **values,
+    )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _table() -> sql.Composable:
+    return sql.Identifier(SNAPDB_SCHEMA, "history")
+
+
+_COLUMNS = [f.name for f in fields(Record) if f.name != "database"]
+
+
+def ensure_table(conn: psycopg.Connection) -> None:
+    """Create ``snapdb.history`` if missing (autocommit connection; idempotent).
+
+    An existing table is left alone, so roles that do not own it only need INSERT and UPDATE.
+    """
+    if has_table(conn):
+        return
+    conn.execute(sql.SQL(_DDL).format(schema=sql.Identifier(SNAPDB_SCHEMA), table=_table()))
+
+
+def has_table(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{SNAPDB_SCHEMA}.history",)).fetchone()
+    return row[0] is not None
+
+
+def insert(conn: psycopg.Connection, rec: Record) -> None:
+    """Insert `rec` as a row (the table must exist)."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            _table(), sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
+            sql.SQL(", ").join(sql.Placeholder() * len(_COLUMNS)),
+        ),
+        [getattr(rec, c) for c in _COLUMNS],
+    )
+
+
+def update(conn: psycopg.Connection, rec: Record) -> None:
+    """Write `rec`'s current values over its row (matched by record id)."""
+    cols = [c for c in _COLUMNS if c != "record_id"]
+    conn.execute(
+        sql.SQL("UPDATE {} SET {} WHERE record_id = %s").format(
+            _table(), sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in cols)
+        ),
+        [getattr(rec, c) for c in cols] + [rec.record_id],
+    )
+
+
+def mark_interrupted(conn: psycopg.Connection) -> int:
+    """Mark rows still ``running`` as ``interrupted``; call only while holding the upgrade lock."""
+    cur = conn.execute(
+        sql.SQL("UPDATE {} SET outcome = 'interrupted' WHERE outcome = 'running'").format(_table())
+    )
+    return cur.rowcount
+
+
+def restored_from(conn: psycopg.Connection) -> tuple[str, str] | None:
+    """Return (snapshot id, source) of the newest ``restore`` row, or None."""
+    if not has_table(conn):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT restored_from, restored_from_source FROM {} WHERE operation = 'restore' "
+                "AND restored_from IS NOT NULL ORDER BY id DESC LIMIT 1").format(_table())
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def rows(conn: psycopg.Connection, limit: int = 100) -> list[Record]:
+    """The newest `limit` rows of ``snapdb.history``, newest first (empty without the table)."""
+    if not has_table(conn):
+        return []
+    cur = conn.execute(
+        sql.SQL("SELECT {} FROM {} ORDER BY id DESC LIMIT %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)), _table()),
+        (limit,),
+    )
+    out = []
+    for r in cur.fetchall():
+        values = dict(zip(_COLUMNS, r, strict=True))
+        for k, v in values.items():
+            if isinstance(v, datetime):
+                values[k] = v.isoformat()
+        out.append(Record(**values))
+    return out
+
+
+def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Manifest) -> None:
+    """Write the ``restore`` row into freshly built database `dbname` that becomes `target`.
+
+    Does nothing when the snapshot's source was not managed (no release in the manifest).
+    """
+    if not manifest.release:
+        return
+    rec = new_record(
+        "restore", server.with_dbname(target, name=server.name if server.dbname == target else None),
+        tag=manifest.release.get("tag"),
+        to_revision=manifest.release.get("revision"), reached_revision=manifest.release.get("revision"),
+        restored_from=manifest.id, restored_from_source=manifest.source, outcome="succeeded",
+    )
+    rec.ended_at = rec.started_at
+    try:
+        with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+            ensure_table(conn)
+            insert(conn, rec)
+    except psycopg.Error as exc:
+        raise TargetError(f"recording the restore in snapdb.history failed: {first_line(exc)}",
+                          hint="the target is unchanged") from None
+
+
+# -- the store's catalog -------------------------------------------------------------------------
+def write_catalog(store: Store, rec: Record) -> None:
+    """Publish `rec` as ``catalog/history/<record_id>.json`` (atomic; overwrites the same id)."""
+    data = json.dumps(rec.to_json(), indent=1, ensure_ascii=False).encode("utf-8")
+    with store.writer(f"{CATALOG_PREFIX}{rec.record_id}.json") as f:
+        f.write(data)
+
+
+def list_catalog(store: Store) -> list[Record]:
+    """Every record in the catalog, newest first; unreadable records are skipped."""
+    out = []
+    for key in store.list(CATALOG_PREFIX):
+        if not key.endswith(".json"):
+            continue
+        try:
+            with store.reader(key) as f:
+                data = json.loads(f.read())
+            if data.get("format") != FORMAT:
+                raise IntegrityError(f"unsupported history format {data.get('format')!r}")
+            out.append(Record.from_json(data))
+        except (MissingError, json.JSONDecodeError, IntegrityError, TypeError):
+            continue
+        except StoreError:
+            raise
+    out.sort(key=lambda r: r.record_id, reverse=True)
+    return out
+
+
+def find_rehearsal(store: Store, source: str, tag: str, checksum: str, max_age: timedelta,
+                   now: datetime) -> Record | None:
+    """The newest successful upgrade to `tag` with `checksum` of a database restored from a
+    snapshot of `source`, ended within `max_age` before `now`; None if there is none."""
+    for rec in list_catalog(store):
+        if (rec.operation == "upgrade" and rec.outcome == "succeeded" and rec.tag == tag
+                and rec.checksum == checksum and rec.restored_from and rec.restored_from_source == source
+                and rec.ended() is not None and now - rec.ended() <= max_age):
+            return rec
+    return None
