@@ -215,6 +215,7 @@ def restore(
     server: Annotated[Optional[str], typer.Option("--server", help="Server (service or URL) for a bare database name.")] = None,
     jobs: JobsOpt = 2,
     keep_previous: Annotated[int, typer.Option("--keep-previous", min=0, help="Previous copies to keep.")] = 1,
+    verify: Annotated[str, typer.Option("--verify", help="full (default): also read every table back and compare checksums; quick: checked files and row counts only.")] = "full",
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -226,7 +227,7 @@ def restore(
         cfg = load_config(state.config_path)
         res = commands.restore(
             cfg, into, from_=from_, snapshot_id=snapshot_id, server=server, jobs=jobs,
-            keep_previous=keep_previous, store=store, reporter=_reporter(as_json),
+            keep_previous=keep_previous, verify=verify, store=store, reporter=_reporter(as_json),
         )
     if as_json:
         _emit_json(res.to_json())

@@ -23,7 +23,7 @@ from .ledger import Ledger, check_tag
 from .names import valid_dbname
 from .postgres import alembic_revisions, connect, first_line
 from .progress import NULL, Reporter
-from .restore import restore_snapshot
+from .restore import VERIFY_MODES, restore_snapshot
 from .snapshot import take_snapshot
 from .store import Store, open_store
 from .verify import verify_database, verify_files
@@ -212,6 +212,7 @@ def restore(
     server: str | None = None,
     jobs: int = 2,
     keep_previous: int = 1,
+    verify: str = "full",
     store: str | None = None,
     reporter: Reporter = NULL,
 ) -> RestoreResult:
@@ -223,6 +224,8 @@ def restore(
         raise ConfigError("--keep-previous must be 0 or more")
     if jobs < 1:
         raise ConfigError("--jobs must be 1 or more")
+    if verify not in VERIFY_MODES:
+        raise ConfigError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     st = _store(cfg, store)
     m = _pick_manifest(cfg, st, from_, snapshot_id)
     ep, dbname = _resolve_target(cfg, into, server, m)
@@ -231,7 +234,7 @@ def restore(
     _check_target_allowed(cfg, into, ep, dbname, m)
     out = restore_snapshot(
         st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
-        maintenance_db=os.environ.get("SNAPDB_MAINTENANCE_DB", "postgres"), reporter=reporter,
+        maintenance_db=os.environ.get("SNAPDB_MAINTENANCE_DB", "postgres"), verify=verify, reporter=reporter,
     )
     _catalog_restore(st, ep, dbname, m)
     return RestoreResult(

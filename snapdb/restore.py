@@ -11,8 +11,10 @@ Plan and order (each step safe to interrupt; the target is touched only by the f
    with COPY in `jobs` worker processes; ``pg_restore -j`` the post-data section (indexes,
    constraints, triggers, materialized-view refreshes). Every pg_restore runs with
    ``--exit-on-error``.
-4. Verify the temporary database against the manifest (counts, checksums, sequences, LOs),
-   running ANALYZE beside it; then stop the workers, whose sessions would block the rename.
+   The row count the server reports for each file must equal the manifest's.
+4. Verify the temporary database against the manifest (tables present, sequences, LOs, and with
+   ``verify="full"``, the default, every table read back: counts and checksums), running
+   ANALYZE beside it; then stop the workers, whose sessions would block the rename.
 5. Re-apply database-level owner, comment, grants and settings to the temporary database.
 6. Swap, in one transaction: terminate the target's sessions, rename target to a ``__prev_``
    name, rename the temporary database to the target name. Retried while new sessions race in.
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 LOCK_CLASS = 0x5D4B  # advisory lock key space of snapdb ("restore into database")
 SWAP_ATTEMPTS = 5
+VERIFY_MODES = ("full", "quick")
 
 
 @dataclass
@@ -80,9 +83,19 @@ def restore_snapshot(
     jobs: int = 2,
     keep_previous: int = 1,
     maintenance_db: str = "postgres",
+    verify: str = "full",
     reporter: Reporter = NULL,
 ) -> RestoreOutcome:
-    """Restore `manifest`'s snapshot into database `target` on `server` (see module docstring)."""
+    """Restore `manifest`'s snapshot into database `target` on `server` (see module docstring).
+
+    `verify` is ``"full"`` (read every table back and compare its rows and checksum with the
+    manifest) or ``"quick"`` (no read-back). Both check, before anything is touched, every file's
+    sha256, then zstd's content checksum as each file is decompressed, the server's row count
+    for each file, the tables present, sequence values and the large-object count: what was
+    loaded is provably the snapshot's rows; "full" also proves what the server stored.
+    """
+    if verify not in VERIFY_MODES:
+        raise TargetError(f"unknown verification mode {verify!r} (one of {', '.join(VERIFY_MODES)})")
     started = time.monotonic()
     jobs = max(1, jobs)
     if not names.valid_dbname(target):
@@ -123,7 +136,7 @@ def restore_snapshot(
             _build(pool, store, manifest, server, tmp, jobs, reporter)
             faults.checkpoint("restore:loaded")
             diffs = verify_database(server, manifest, error_cls=TargetError, dbname=tmp, jobs=jobs,
-                                    reporter=reporter, pool=pool, analyze=True)
+                                    reporter=reporter, pool=pool, analyze=True, read_tables=verify == "full")
             pool.close()  # the workers' sessions must be gone before the rename
             if diffs:
                 raise IntegrityError(
@@ -216,16 +229,20 @@ def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoi
 
 def _load_tables(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str,
                  reporter: Reporter) -> None:
-    """Load every table part in parallel (parts of one table load concurrently too)."""
+    """Load every table part in parallel (parts of one table load concurrently too); the row
+    count the server reports for each file must equal the manifest's."""
     sizes = {f.path: f.raw_size for f in manifest.files}
     session = Session(server, TargetError, dbname=tmp, encoding=manifest.database.encoding, readonly=False)
     parts = sorted(((t, p) for t in manifest.tables for p in t.parts), key=lambda tp: -sizes.get(tp[1]["file"], 0))
     reporter.phase("loading tables", total_bytes=sum(sizes.values()), total_items=len(parts))
 
-    def done(index: int, rows: int) -> None:
+    def done(index: int, stored: int) -> None:
         t, p = parts[index]
-        if rows != p["rows"]:
-            raise IntegrityError(f"table {t.schema}.{t.name}: loaded {rows} rows from {p['file']}, manifest says {p['rows']}")
+        if stored != p["rows"]:
+            raise IntegrityError(
+                f"table {t.schema}.{t.name}, {p['file']}: the server stored {stored} rows, the manifest says {p['rows']}",
+                hint="the target was not touched",
+            )
         reporter.advance(items=1)
         faults.checkpoint("restore:table-loaded")
 

@@ -133,21 +133,29 @@ def read_table(
         raise _error(final, pgconn)
     if buf:
         _flush(buf, totals, sink, on_bytes)
-    return totals[0], f"{(totals[1] + (totals[2] << 32)) & _MASK:016x}"
+    return _format(totals)
 
 
 def _flush(buf: bytearray, totals: list[int], sink: Writer | None, on_bytes: Callable[[int], None] | None) -> None:
-    """Checksum a buffer of whole rows with C-level loops (split, map, sum), then pass it on."""
-    data = bytes(buf)
+    """Checksum a buffer of whole rows, then pass it on."""
+    _sum_rows(buf, totals)
+    if sink is not None:
+        sink.write(buf)
+    if on_bytes is not None:
+        on_bytes(len(buf))
+
+
+def _sum_rows(data: bytes | bytearray, totals: list[int]) -> None:
+    """Add whole newline-terminated rows to (rows, crc32 sum, adler32 sum) with C-level loops."""
     lines = data.split(b"\n")
-    lines.pop()  # the buffer ends with a newline: the last piece is empty
+    lines.pop()  # the data ends with a newline: the last piece is empty
     totals[0] += len(lines)
     totals[1] += sum(map(zlib.crc32, lines))
     totals[2] += sum(map(zlib.adler32, lines))
-    if sink is not None:
-        sink.write(data)
-    if on_bytes is not None:
-        on_bytes(len(data))
+
+
+def _format(totals: list[int]) -> tuple[int, str]:
+    return totals[0], f"{(totals[1] + (totals[2] << 32)) & _MASK:016x}"
 
 
 def _drain(pgconn) -> None:

@@ -119,7 +119,8 @@ def checksum_part(s: Session, table: TableRef, pages: PageRange | None) -> tuple
 
 
 def load_part(s: Session, store: Store, key: str, table: TableRef) -> int:
-    """Load one zstd COPY file into `table` in its own transaction; return the rows loaded."""
+    """Load one zstd COPY file into `table` in its own transaction; return the rows the server
+    reported. Decompression checks zstd's content checksum of every frame."""
     def run():
         conn = _session(s)
         with conn.transaction(), open_zstd(store, key) as src:

@@ -168,3 +168,32 @@ def test_prepared_transaction_refused(pg, scenario):
         assert_target_unchanged(pg, s)
     finally:
         pg.psql("ROLLBACK PREPARED 'snapdb_test_gid'", dbname=s["target"])
+
+
+@pytest.mark.parametrize("mode", ["full", "quick"])
+def test_verification_reads_what_the_server_stored(pg, scenario, tmp_path, mode):
+    """A row changed in the temporary database after loading: the full verification (default)
+    catches it and leaves the target alone; quick verification, which reads nothing back, does
+    not (that is its documented trade-off)."""
+    s = scenario
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    step = "restore:loaded"
+    proc = popen_cli("--config", s["cfg"], "restore", "--into", "dev", "--verify", mode,
+                     env={"SNAPDB_PAUSE_AT": step, "SNAPDB_FAULT_DIR": str(faults)})
+    try:
+        _wait_for(faults / f"{step}.reached", proc)
+        with pg.connect(names.tmp_name(s["target"])) as conn:
+            conn.execute("UPDATE big SET pad = 'tampered' WHERE id = 4242")
+        (faults / f"{step}.go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if mode == "full":
+        assert proc.returncode == IntegrityError.exit_code, err
+        assert "public.big" in err and "checksum" in err
+        assert_target_unchanged(pg, s)
+        assert names.tmp_name(s["target"]) not in _databases(pg)
+    else:
+        assert proc.returncode == 0, err
