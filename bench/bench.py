@@ -53,7 +53,7 @@ FILLER_SQL = "substr(md5(random()::text) || md5(random()::text) || md5(random():
 
 SNAPSHOT_TOOLS = ["snapdb snapshot", "pg_dump -Fc", "pg_dump -Fc -Z0 | zstd -3 -T{j}",
                   "pg_dump -Fd -j{j}", "pg_dump -Fc -Z0 (read ceiling)"]
-RESTORE_TOOLS = ["snapdb restore", "pg_restore -j{j} (-Fd)", "zstd -dc | pg_restore"]
+RESTORE_TOOLS = ["snapdb restore", "snapdb restore --verify quick", "pg_restore -j{j} (-Fd)", "zstd -dc | pg_restore"]
 
 
 def log(msg: str) -> None:
@@ -229,6 +229,8 @@ class Bench:
                 cmd = [
                     [sys.executable, "-m", "snapdb", "restore", "--into", target, "--server", server,
                      "--store", str(out / "store"), "--snapshot", self.snap_id, "--jobs", j],
+                    [sys.executable, "-m", "snapdb", "restore", "--into", target, "--server", server,
+                     "--store", str(out / "store"), "--snapshot", self.snap_id, "--jobs", j, "--verify", "quick"],
                     f"{mk} && {pg_restore} -j {j} -d {url} {out / 'fd'}",
                     f"{mk} && {self.zstd} -dc {out / 'z0.dump.zst'} | {pg_restore} -d {url}",
                 ][i]
@@ -277,7 +279,7 @@ def diff(a: dict, b: dict) -> str:
 def medians(runs: dict[str, list[Run]]) -> dict[str, Run]:
     """Per tool, a Run holding the median of each figure over the repeats."""
     return {name: Run(rc=0, stdout="", **{f: statistics.median(getattr(r, f) for r in rs)
-                                          for f in ("wall", "cpu", "server_cpu", "rss_mb", "size_mb")})
+                                          for f in ("wall", "cpu", "server_cpu", "rss_mb", "pss_mb", "size_mb")})
             for name, rs in runs.items()}
 
 

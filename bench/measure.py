@@ -4,6 +4,9 @@
   the process and every descendant it waited for (so a ``bash -c 'a | b'`` pipeline counts both
   sides). CPU is user + system time summed over that tree; ``ru_maxrss`` is the largest RSS of any
   single process in it, **not** the sum of the processes' RSS.
+- **Peak memory (sum)**: the largest sum of proportional set sizes (Pss) over the command's whole
+  process tree (snapdb's worker processes, pg_dump, zstd, ...), sampled every 50 ms from /proc
+  (`tests/rss.py`); pages shared by forked processes count once.
 - **Server CPU** is the CPU time the PostgreSQL server spent meanwhile: the change in user + system
   time of the postmaster and all its children, where children that exited are counted through the
   postmaster's cutime/cstime (it reaps every backend). Read from /proc, so Linux only.
@@ -13,9 +16,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.rss import tree_pss_kb  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -30,6 +38,7 @@ class Run:
     cpu: float  # seconds, user + system, the command's process tree
     server_cpu: float  # seconds, user + system, the PostgreSQL server's processes
     rss_mb: float  # ru_maxrss in MB (10^6 bytes)
+    pss_mb: float = 0.0  # peak summed Pss of the process tree in MB
     size_mb: float = 0.0  # output size in MB, filled in by the caller
 
 
@@ -86,13 +95,24 @@ class Meter:
         with open(out, "wb") as fo, open(err, "wb") as fe:
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+            peak, done = [0], threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], tree_pss_kb(proc.pid))
+                    done.wait(0.05)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
             _, status, ru = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - start
+            done.set()
+            sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         ticks1 = self.server_ticks()
         return Run(rc=proc.returncode, stdout=out.read_text(errors="replace"), wall=wall,
                    cpu=ru.ru_utime + ru.ru_stime, server_cpu=(ticks1 - ticks0) / _TICK,
-                   rss_mb=ru.ru_maxrss * 1024 / 1e6)
+                   rss_mb=ru.ru_maxrss * 1024 / 1e6, pss_mb=peak[0] * 1024 / 1e6)
 
 
 def tree_size(path: Path) -> int:
