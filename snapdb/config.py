@@ -212,44 +212,45 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def _parse(data: dict, path: Path) -> Config:
     _check_keys(data, _TOP_KEYS, str(path))
     cfg = Config(path=path)
-    store = data.get("store", {})
-    if not isinstance(store, dict):
-        raise ConfigError(f"{path}: [store] must be a table")
-    _check_keys(store, _STORE_KEYS, f"{path} [store]")
-    if "url" in store:
-        if not isinstance(store["url"], str) or not store["url"]:
-            raise ConfigError(f"{path}: [store] url must be a non-empty string")
-        cfg.store_url = store["url"]
+    store = _section(data, "store", _STORE_KEYS, f"{path} [store]")
+    cfg.store_url = _path_string(store, "url", f"{path} [store]")
     services = data.get("services", {})
     if not isinstance(services, dict):
         raise ConfigError(f"{path}: [services] must contain tables like [services.prod]")
-    for name, svc in services.items():
+    for name in services:
         where = f"{path} [services.{name}]"
-        if not isinstance(svc, dict):
-            raise ConfigError(f"{where} must be a table")
-        _check_keys(svc, _SERVICE_KEYS, where)
-        url = svc.get("url")
-        if not isinstance(url, str) or not url:
+        svc = _section(services, name, _SERVICE_KEYS, where)
+        url = _path_string(svc, "url", where)
+        if url is None:
             raise ConfigError(f"{where}: url is required")
         role = svc.get("role", "dev")
         if role not in ROLES:
             raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
-        migrations = svc.get("migrations")
-        if migrations is not None and not isinstance(migrations, str):
-            raise ConfigError(f"{where}: migrations must be a path string")
         params = parse_url(url, what=f"url of service {name!r}")
-        cfg.services[name] = Endpoint(params=params, name=name, role=role, migrations=migrations)
-    upgrade = data.get("upgrade", {})
-    if not isinstance(upgrade, dict):
-        raise ConfigError(f"{path}: [upgrade] must be a table")
-    _check_keys(upgrade, _UPGRADE_KEYS, f"{path} [upgrade]")
-    if "migrations" in upgrade:
-        if not isinstance(upgrade["migrations"], str) or not upgrade["migrations"]:
-            raise ConfigError(f"{path} [upgrade]: migrations must be a path string")
-        cfg.migrations = upgrade["migrations"]
+        cfg.services[name] = Endpoint(params=params, name=name, role=role,
+                                      migrations=_path_string(svc, "migrations", where))
+    upgrade = _section(data, "upgrade", _UPGRADE_KEYS, f"{path} [upgrade]")
+    cfg.migrations = _path_string(upgrade, "migrations", f"{path} [upgrade]")
     if "rehearsal_max_age" in upgrade:
         cfg.rehearsal_max_age = parse_duration(upgrade["rehearsal_max_age"], f"{path} [upgrade] rehearsal_max_age")
     return cfg
+
+
+def _section(parent: dict, key: str, allowed: set[str], where: str) -> dict:
+    """Return the table `parent[key]` (empty if absent), checked for unknown keys."""
+    table = parent.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _check_keys(table, allowed, where)
+    return table
+
+
+def _path_string(table: dict, key: str, where: str) -> str | None:
+    """Return `table[key]` if present, which must be a non-empty string."""
+    value = table.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
 
 
 def parse_duration(text: object, where: str) -> timedelta:
