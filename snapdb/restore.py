@@ -214,8 +214,14 @@ def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoi
     try:
         archive = workdir / "schema.dump"
         reporter.phase("restoring schema")
-        with open_zstd(store, mf.key(manifest.id, manifest.schema_file)) as src, open(archive, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+        try:
+            with open_zstd(store, mf.key(manifest.id, manifest.schema_file)) as src, open(archive, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except OSError as exc:  # pg_restore needs the archive as a seekable local file
+            raise TargetError(
+                f"cannot write the schema archive to {workdir}: {exc.strerror or exc}",
+                hint="free space there or set TMPDIR to a roomier directory; the target is unchanged",
+            ) from None
         _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, major)
         reporter.done()
         faults.checkpoint("restore:schema")
