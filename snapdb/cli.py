@@ -238,6 +238,8 @@ def restore(
         _say(f"previous copy kept as {res.previous}")
     for d in res.dropped_previous:
         _say(f"dropped previous copy {d}")
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False)
 
 
 @app.command()

@@ -75,6 +75,7 @@ class RestoreResult:
     tables: int = 0
     rows: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -236,29 +237,32 @@ def restore(
         st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
         maintenance_db=os.environ.get("SNAPDB_MAINTENANCE_DB", "postgres"), verify=verify, reporter=reporter,
     )
-    _catalog_restore(st, ep, dbname, m)
+    warnings = _catalog_restore(st, ep, dbname, m)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
-        tables=out.tables, rows=out.rows, seconds=out.seconds,
+        tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings,
     )
 
 
-def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest) -> None:
-    """Publish in the catalog the ``restore`` row the restore wrote (managed sources only)."""
+def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest) -> list[str]:
+    """Publish in the catalog the ``restore`` row the restore wrote (managed sources only).
+
+    Runs after the swap: the restore has happened, so a failure here is a warning, not an error
+    (the row is in the database's own snapdb.history either way)."""
     if not m.release:
-        return
+        return []
     try:
         with connect(ep, TargetError, dbname=dbname, autocommit=True) as conn:
             rec = next((r for r in history.rows(conn, 20) if r.operation == "restore" and r.restored_from == m.id), None)
-    except psycopg.Error as exc:
-        raise TargetError(f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}") from None
-    if rec is not None:
-        rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname}
-        try:
+        if rec is not None:
+            rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname}
             history.write_catalog(st, rec)
-        except StoreError as exc:
-            raise StoreError(f"restored {dbname!r}, but recording it in the store's catalog failed: {exc.message}") from None
+    except psycopg.Error as exc:
+        return [f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}"]
+    except SnapdbError as exc:
+        return [f"restored {dbname!r}, but recording it in the store's catalog failed: {exc.message}"]
+    return []
 
 
 def verify(

@@ -173,21 +173,39 @@ def is_url(ref: str) -> bool:
     return ref.startswith(_URL_PREFIXES) or ("=" in ref and " " in ref.strip())
 
 
+_PASSWORD_REFUSED = "contains a password; snapdb refuses to hold passwords"
+_PASSWORD_HINT = "remove it from the URL and use ~/.pgpass, PGPASSWORD or a pg_service.conf entry"
+
+
+def _has_password(url: str) -> bool:
+    """Spot a password before libpq parses the string (its errors may quote any part of it)."""
+    if url.startswith(_URL_PREFIXES):
+        netloc = re.split(r"[/?]", url.split("://", 1)[1], maxsplit=1)[0]
+        return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
+    return re.search(r"(^|\s)password\s*=", url) is not None or "password=" in url.split("?", 1)[-1]
+
+
 def parse_url(url: str, what: str) -> dict[str, str]:
-    """Parse a libpq URL or conninfo string; refuse one that carries a password."""
+    """Parse a libpq URL or conninfo string; refuse one that carries a password.
+
+    Error messages never repeat the URL's text: libpq's parse errors quote the offending token,
+    which may be (part of) a password, so quoted tokens are cut out of them.
+    """
+    if _has_password(url):
+        raise ConfigError(f"{what} {_PASSWORD_REFUSED}", hint=_PASSWORD_HINT)
     try:
         params = conninfo_to_dict(url)
-    except Exception as exc:  # psycopg.ProgrammingError; message is libpq's, no secret in it
+    except Exception as exc:  # psycopg.ProgrammingError with libpq's message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        first = re.sub(r'"[^"]*"', '"…"', first)
+        if url in first or any(len(p) > 3 and p in first for p in re.split(r"[:@/?&=]", url)):
+            first = "libpq cannot parse it"
         raise ConfigError(f"malformed {what}: {first}") from None
     for port in str(params.get("port") or "5432").split(","):
         if not (port.strip().isdigit() and 0 < int(port) < 65536):
             raise ConfigError(f"malformed {what}: invalid port {port.strip()!r}")
     if params.get("password"):
-        raise ConfigError(
-            f"{what} contains a password; snapdb refuses to hold passwords",
-            hint="remove it from the URL and use ~/.pgpass, PGPASSWORD or a pg_service.conf entry",
-        )
+        raise ConfigError(f"{what} {_PASSWORD_REFUSED}", hint=_PASSWORD_HINT)
     return {k: str(v) for k, v in params.items() if v is not None}
 
 

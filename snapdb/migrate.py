@@ -40,7 +40,7 @@ from . import faults, history
 from .config import Endpoint
 from .errors import BusyError, MigrationError, RefusedError, SnapdbError, StoreError, TargetError
 from .manifest import utcnow
-from .postgres import alembic_revisions, connect, first_line
+from .postgres import alembic_revisions, connect, first_line, keep_session_alive
 from .releases import Scripts
 from .store import Store
 
@@ -143,6 +143,7 @@ class UpgradeSession:
         self.where = ep.name or ep.display()
         self.conn = connect(ep, TargetError, autocommit=True)
         try:
+            keep_session_alive(self.conn)  # it holds the lock while alembic works on other sessions
             if lock:
                 got = self.conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)",
                                         (LOCK_CLASS, lock_key(ep.dbname))).fetchone()[0]

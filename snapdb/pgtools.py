@@ -13,9 +13,13 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,22 +85,66 @@ def find_tool(name: str, server_major: int) -> str:
     )
 
 
+def _load_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the thread that started us ends (PR_SET_PDEATHSIG), so a
+    killed snapdb leaves no pg_dump holding a snapshot on production."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)
+
+
+def scratch_dir() -> Path:
+    """Create a private temporary directory ``snapdb-<pid>-*``, first removing those that
+    processes which no longer exist (killed snapdb runs) left behind."""
+    base = Path(tempfile.gettempdir())
+    for d in base.glob("snapdb-*-*"):
+        pid = d.name.split("-")[1]
+        if pid.isdigit() and d.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"snapdb-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_tool(
     argv: list[str],
     error_cls: type[SnapdbError],
     what: str,
     stdout_path: Path | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
 ) -> None:
     """Run a client program to completion; raise `error_cls` with its stderr tail on failure.
 
     stderr is drained by a thread (kept: the last 20 lines) so a chatty tool cannot block.
+    `started` receives the process (so a caller can kill it); the process dies with snapdb.
     """
     env = dict(os.environ)
     env.setdefault("PGAPPNAME", "snapdb")
     out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        if started is not None:
+            started(proc)
     except OSError as exc:
         raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from None
     finally:

@@ -203,6 +203,24 @@ def alembic_revisions(conn: psycopg.Connection) -> list[str] | None:
     return [r[0] for r in rows]
 
 
+def set_sequences(conn: psycopg.Connection, seqs: list[SequenceValue]) -> None:
+    """Set every sequence to its recorded state (``setval``), in the caller's transaction."""
+    for q in seqs:
+        conn.execute(
+            "SELECT pg_catalog.setval(pg_catalog.format('%%I.%%I', %s::text, %s::text)::regclass, %s, %s)",
+            (q.schema, q.name, q.last_value, q.is_called),
+        )
+
+
+def keep_session_alive(conn: psycopg.Connection) -> None:
+    """Disable the timeouts that would end a long-idle control session (and its advisory lock)."""
+    names = ["statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"]
+    if conn.info.server_version >= 140000:
+        names.append("idle_session_timeout")
+    for name in names:
+        conn.execute("SELECT pg_catalog.set_config(%s, '0', false)", (name,))
+
+
 def large_object_count(conn: psycopg.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()[0])
 
@@ -265,6 +283,8 @@ def read_database_props(conn: psycopg.Connection, dbname: str) -> DatabaseProps:
             props.role_settings[role] = list(setconfig or [])
     return props
 
+
+DATABASE_PRIVILEGES = {"CONNECT", "CREATE", "TEMPORARY"}
 
 #: settings whose values are lists of separately quoted elements (as in pg_dumpall)
 _LIST_QUOTE_GUCS = {
@@ -331,6 +351,8 @@ def apply_database_props(conn: psycopg.Connection, dbname: str, props: DatabaseP
         if props.owner:
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, sql.Identifier(props.owner)))
         for g in props.acl:
+            if g["privilege"] not in DATABASE_PRIVILEGES:  # the manifest is data: never paste it as SQL
+                raise SnapdbError(f"unknown database privilege {g['privilege']!r} in the snapshot manifest")
             grantee = sql.SQL("PUBLIC") if g["grantee"] == "PUBLIC" else sql.Identifier(g["grantee"])
             conn.execute(
                 sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(

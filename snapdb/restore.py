@@ -29,13 +29,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import zstandard
 
 from . import faults, history, manifest as mf, names, pgtools
 from .compression import open_zstd
@@ -43,7 +43,8 @@ from .config import Endpoint
 from .errors import BusyError, IntegrityError, RefusedError, SnapdbError, TargetError
 from .postgres import (
     apply_database_props, connect, create_database, database_exists,
-    drop_database, first_line, list_databases, prepared_xacts, rename_database, system_identifier,
+    drop_database, first_line, keep_session_alive, list_databases, prepared_xacts, rename_database,
+    set_sequences, system_identifier,
     terminate_sessions,
 )
 from .progress import NULL, Reporter
@@ -110,6 +111,7 @@ def restore_snapshot(
             )
         faults.checkpoint("restore:files-verified")
         maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
+        keep_session_alive(maint)  # it holds the lock while idle for the whole build
     except BaseException:
         pool.close()
         raise
@@ -152,7 +154,7 @@ def restore_snapshot(
             previous = _swap(maint, target, tmp)
         except BaseException:
             pool.close()
-            _drop_quietly(maint, server, maintenance_db, tmp)
+            _drop_quietly(maint, server, maintenance_db, target, tmp)
             raise
         faults.checkpoint("restore:swapped")
     except psycopg.Error as exc:
@@ -210,19 +212,24 @@ def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoi
         major = max(major, probe.info.server_version // 10000)
     finally:
         probe.close()
-    workdir = Path(tempfile.mkdtemp(prefix="snapdb-"))
+    workdir = pgtools.scratch_dir()
     try:
         archive = workdir / "schema.dump"
         reporter.phase("restoring schema")
         try:
             with open_zstd(store, mf.key(manifest.id, manifest.schema_file)) as src, open(archive, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"schema archive of snapshot {manifest.id} is damaged ({exc})",
+                                 hint="the target was not touched; restore another snapshot") from None
         except OSError as exc:  # pg_restore needs the archive as a seekable local file
             raise TargetError(
                 f"cannot write the schema archive to {workdir}: {exc.strerror or exc}",
                 hint="free space there or set TMPDIR to a roomier directory; the target is unchanged",
             ) from None
         _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, major)
+        with connect(server, TargetError, dbname=tmp, autocommit=True) as conn, conn.transaction():
+            set_sequences(conn, manifest.sequences)
         reporter.done()
         faults.checkpoint("restore:schema")
         _load_tables(pool, store, manifest, server, tmp, reporter)
@@ -294,7 +301,7 @@ def _rotate(maint: psycopg.Connection, target: str, keep: int) -> tuple[list[str
     return kept, dropped
 
 
-def _drop_quietly(maint: psycopg.Connection, server: Endpoint, maintenance_db: str, tmp: str) -> None:
+def _drop_quietly(maint: psycopg.Connection, server: Endpoint, maintenance_db: str, target: str, tmp: str) -> None:
     """Drop the temporary build after a failure; reconnect once if the session was lost."""
     try:
         if not (maint.closed or maint.broken):
@@ -304,6 +311,10 @@ def _drop_quietly(maint: psycopg.Connection, server: Endpoint, maintenance_db: s
         pass
     try:
         with connect(server, TargetError, dbname=maintenance_db, autocommit=True) as fresh:
-            drop_database(fresh, tmp)
+            # our lock went with the lost session: drop the build only if no other run holds it now
+            if fresh.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(target))).fetchone()[0]:
+                drop_database(fresh, tmp)
+                return
     except (psycopg.Error, SnapdbError):
-        log.warning("could not drop %s; the next run will", tmp)
+        pass
+    log.warning("could not drop %s; the next run will", tmp)

@@ -6,8 +6,10 @@ Pipeline (each step safe to interrupt; nothing is visible until the manifest is 
    SHARE mode, export its snapshot, and read the catalog (tables, sequences, large objects,
    database-level properties) inside it.
 2. In parallel: ``pg_dump -Fc -Z0 --snapshot=<id>`` dumps everything except the rows of the
-   tables snapdb copies itself (schema, sequence values, large objects, materialized-view
-   refreshes, extension configuration data); `jobs` worker processes import the same snapshot
+   tables snapdb copies itself and the values of the sequences it recorded (schema, large
+   objects, materialized-view refreshes, extension configuration data). Sequence values are read
+   right after the snapshot is exported, so each is at least the highest value any copied row
+   used; they are not transactional, so pg_dump's own later reading is not used; `jobs` worker processes import the same snapshot
    and stream each table (large tables in page-range parts) with COPY into its own zstd file,
    computing row counts and checksums, then read each stored file back to check its sha256.
 3. The pg_dump archive is compressed into the store; every stored file is read back and its
@@ -21,10 +23,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -102,21 +102,27 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             release = release_probe(main) if release_probe else None
         except psycopg.Error as exc:
             raise SourceError(f"reading the source catalog failed: {first_line(exc)}") from None
+        faults.checkpoint("snapshot:catalog-read")
         pg_dump = pgtools.find_tool("pg_dump", version_num // 10000)
         dump_version = "%d.%d" % pgtools.tool_version(pg_dump)
         reporter.done()
 
-        workdir = Path(tempfile.mkdtemp(prefix="snapdb-"))
+        workdir = pgtools.scratch_dir()
         try:
             dump_path = workdir / "schema.dump"
             dump_err: list[BaseException] = []
             argv = [pg_dump, "-Fc", "-Z0", "--no-sync", f"--snapshot={exported}", "-f", str(dump_path)]
-            argv += [f"--exclude-table-data={_pattern(t)}" for t in tables]
+            # rows of copied tables, and sequence values: sequences are not transactional, so
+            # pg_dump's later reading could differ from the manifest's; restore sets them itself
+            argv += [f"--exclude-table-data={_pattern(t.schema, t.name)}" for t in tables]
+            argv += [f"--exclude-table-data={_pattern(q.schema, q.name)}" for q in sequences]
             argv += pgtools.conninfo_arg(source.conninfo())
+
+            dump_procs: list = []
 
             def run_dump() -> None:
                 try:
-                    pgtools.run_tool(argv, SourceError, "pg_dump")
+                    pgtools.run_tool(argv, SourceError, "pg_dump", started=dump_procs.append)
                 except BaseException as exc:  # re-raised in the main thread
                     dump_err.append(exc)
 
@@ -126,6 +132,10 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
                 entries = _copy_tables(pool, source, store, snap_id, tables, props.encoding, exported,
                                        jobs, version_num, reporter)
                 pool.close()  # the workers' sessions hold the snapshot; release them now
+            except BaseException:
+                for proc in dump_procs:  # no need to wait for a dump that will be thrown away
+                    proc.kill()
+                raise
             finally:
                 dumper.join()
             if dump_err:
@@ -173,10 +183,10 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
     return manifest
 
 
-def _pattern(t: TableRef) -> str:
-    """pg_dump name pattern matching exactly this table (quoted: no wildcard applies)."""
+def _pattern(schema: str, name: str) -> str:
+    """pg_dump name pattern matching exactly this relation (quoted: no wildcard applies)."""
     q = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731
-    return f"{q(t.schema)}.{q(t.name)}"
+    return f"{q(schema)}.{q(name)}"
 
 
 def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs, version_num, reporter):

@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+import zstandard
 
 from .compression import ZstdSink, digest, open_zstd
 from .config import Endpoint
+from .errors import IntegrityError
 from .postgres import TableRef, apply_data_settings, connect, first_line, open_data_session
 from .progress import Reporter
 from .store import Store
@@ -97,6 +99,9 @@ def _guard(s: Session, what: str, fn: Callable):
         return fn()
     except psycopg.Error as exc:
         raise s.error_cls(f"{what} failed: {first_line(exc)}") from None
+    except zstandard.ZstdError as exc:  # a frame's content checksum or structure is wrong
+        raise IntegrityError(f"{what} failed: damaged snapshot data ({exc})",
+                             hint="the target was not touched; restore another snapshot") from None
 
 
 # -- tasks -------------------------------------------------------------------------------------

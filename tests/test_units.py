@@ -46,11 +46,17 @@ def test_config_services_and_store(tmp_path, monkeypatch):
     ('[services.a]\nurl = "postgresql://h:notaport/db"\n', "malformed"),
     ('[store\n', "snapdb.toml"),
     ('extra = 1\n', "unknown key 'extra'"),
+    # malformed URLs whose libpq parse error would quote the password
+    ('[services.a]\nurl = "postgresql://app:Sup3r%Secret@db1/x"\n', "contains a password"),
+    ('[services.a]\nurl = "postgresql://app:Sup3rSecret@[db1/x"\n', "contains a password"),
+    ('[services.a]\nurl = "host=db1 password=Sup3rSecret"\n', "contains a password"),
+    ('[services.a]\nurl = "postgresql://db1/x%zSup3rSecret"\n', "malformed"),
 ])
 def test_config_errors(tmp_path, text, msg):
     with pytest.raises(ConfigError, match=msg) as info:
         load_config(_write(tmp_path, text))
-    assert "\n" not in info.value.message and "pw@" not in info.value.message
+    text_out = info.value.message + (info.value.hint or "")
+    assert "\n" not in info.value.message and "pw@" not in text_out and "Sup3r" not in text_out
 
 
 def test_unknown_service_and_missing_store():
