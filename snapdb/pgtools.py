@@ -9,6 +9,7 @@ A non-zero exit becomes the error class the caller names, with the tool's last s
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -146,6 +147,11 @@ def run_tool(
         if started is not None:
             started(proc)
     except OSError as exc:
+        if exc.errno == errno.E2BIG:  # one --exclude-table-data per table: tens of thousands of tables
+            raise error_cls(
+                f"{what}: its command line is too long ({len(argv)} arguments, {sum(map(len, argv)) // 1024} KiB)",
+                hint="snapdb passes pg_dump one argument per table; the operating system's limit is ARG_MAX",
+            ) from None
         raise ToolError(f"cannot run {argv[0]}: {exc.strerror}") from None
     finally:
         if stdout_path:
