@@ -24,6 +24,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
+from . import libc
 from .errors import SnapdbError, ToolError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -86,21 +87,12 @@ def find_tool(name: str, server_major: int) -> str:
     )
 
 
-def _load_prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+_prctl = libc.function("prctl")
 
 
-_prctl = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the thread that started us ends (PR_SET_PDEATHSIG), so a
-    killed snapdb leaves no pg_dump holding a snapshot on production."""
+def die_with_parent() -> None:
+    """Call in a child process: it gets SIGKILL when the thread that started it ends
+    (PR_SET_PDEATHSIG), so a killed snapdb leaves no pg_dump holding a snapshot on production."""
     if _prctl is not None:
         _prctl(1, signal.SIGKILL)
 
@@ -143,7 +135,7 @@ def run_tool(
     out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                preexec_fn=die_with_parent if sys.platform == "linux" else None)
         if started is not None:
             started(proc)
     except OSError as exc:

@@ -27,6 +27,7 @@ from .compression import ZstdSink, digest, open_zstd
 from .config import Endpoint
 from .errors import IntegrityError
 from .postgres import TableRef, apply_data_settings, connect, first_line, open_data_session
+from .pgtools import die_with_parent
 from .progress import Reporter
 from .store import Store
 from .tabledata import PageRange, load_table, read_table
@@ -62,12 +63,7 @@ def _init(progress, stop) -> None:
     global _progress, _stop
     _progress, _stop = progress, stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
 
 
 def _noop() -> None:

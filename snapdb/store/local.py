@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import libc
 from ..errors import StoreError
 from . import MissingError
 
@@ -121,16 +122,7 @@ class LocalStore:
         return self._path(key).is_file()
 
 
-def _load_syncfs():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_syncfs = _load_syncfs()
+_syncfs = libc.function("syncfs")
 
 
 def _fsync_dir(d: Path) -> None:
