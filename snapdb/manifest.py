@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from .compression import FileEntry
 from .errors import IntegrityError, StoreError
@@ -167,32 +167,6 @@ def list_manifests(store: Store, source: str | None = None) -> list[Manifest]:
                 out.append(m)
     out.sort(key=lambda m: (m.created_at, m.id), reverse=True)
     return out
-
-
-def remove_abandoned(store: Store, older_than: timedelta = timedelta(hours=24)) -> list[str]:
-    """Delete the files of snapshots that never got a manifest and started more than
-    `older_than` ago (a snapshot run that was killed); return their ids.
-
-    The age comes from the id (its UTC start time), so a snapshot still being written by a
-    concurrent run, which is younger, is left alone.
-    """
-    by_id: dict[str, list[str]] = {}
-    for k in store.list(PREFIX):
-        by_id.setdefault(k[len(PREFIX):].split("/")[0], []).append(k)
-    cutoff = utcnow() - older_than
-    removed = []
-    for snap_id, keys in by_id.items():
-        if key(snap_id, MANIFEST) in keys:
-            continue
-        try:
-            started = datetime.strptime(snap_id[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue  # not a snapdb id: not ours to delete
-        if started < cutoff:
-            for k in keys:
-                store.delete(k)
-            removed.append(snap_id)
-    return removed
 
 
 def utcnow() -> datetime:

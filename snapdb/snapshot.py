@@ -59,8 +59,6 @@ def take_snapshot(
     `release_probe`, if given, is called with the source connection inside the exported
     snapshot's transaction; what it returns is recorded as the manifest's ``release``.
     """
-    for old in mf.remove_abandoned(store):
-        log.info("removed the files of abandoned snapshot %s (no manifest, over a day old)", old)
     now = mf.utcnow()
     snap_id = mf.new_id(now)
     try:

@@ -3,7 +3,6 @@ would release a run's lock, children that must die with snapdb, damaged data fou
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -129,22 +128,3 @@ def test_damage_found_while_decompressing(pg, tmp_path):
     assert table_fingerprints(pg, target) == before
     with pg.connect() as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.tmp_name(target),)).fetchone()
-
-
-def test_abandoned_snapshot_files_are_collected(pg, tmp_path):
-    """Files of a snapshot that never got its manifest (a killed run) are removed by a later
-    snapshot once over a day old; a younger one (maybe still being written) is kept."""
-    create_db(pg, "gc_src", "CREATE TABLE t AS SELECT 1 AS id")
-    store = tmp_path / "store"
-    old = store / "snapshots" / "20200101T000000.000Z-dead" / "data"
-    young_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + ".000Z-beef"
-    young = store / "snapshots" / young_id / "data"
-    for d in (old, young):
-        d.mkdir(parents=True)
-        (d / "00001.copy.zst").write_bytes(b"partial")
-    r = run_cli("snapshot", pg.url("gc_src"), "--store", str(store))
-    assert r.returncode == 0, r.stderr
-    assert not (store / "snapshots" / "20200101T000000.000Z-dead").exists()
-    assert (young / "00001.copy.zst").exists()
-    r = run_cli("snapshots", "--store", str(store), "--json")
-    assert len(json.loads(r.stdout)) == 1  # incomplete ones are never listed
