@@ -178,11 +178,15 @@ _PASSWORD_HINT = "remove it from the URL and use ~/.pgpass, PGPASSWORD or a pg_s
 
 
 def _has_password(url: str) -> bool:
-    """Spot a password before libpq parses the string (its errors may quote any part of it)."""
-    if url.startswith(_URL_PREFIXES):
-        netloc = re.split(r"[/?]", url.split("://", 1)[1], maxsplit=1)[0]
-        return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
-    return re.search(r"(^|\s)password\s*=", url) is not None or "password=" in url.split("?", 1)[-1]
+    """Spot a non-empty password in a URL's userinfo before libpq parses it (its parse errors
+    quote tokens of the URL). Key/value strings need no pre-check: libpq does not echo values."""
+    if not url.startswith(_URL_PREFIXES):
+        return False
+    netloc = re.split(r"[/?]", url.split("://", 1)[1], maxsplit=1)[0]
+    if "@" not in netloc:
+        return False
+    _user, sep, password = netloc.rsplit("@", 1)[0].partition(":")
+    return bool(sep and password)
 
 
 def parse_url(url: str, what: str) -> dict[str, str]:
@@ -203,7 +207,7 @@ def parse_url(url: str, what: str) -> dict[str, str]:
         raise ConfigError(f"malformed {what}: {first}") from None
     for port in str(params.get("port") or "5432").split(","):
         if not (port.strip().isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"malformed {what}: invalid port {port.strip()!r}")
+            raise ConfigError(f"malformed {what}: invalid port number")  # not echoed: it may be a password
     if params.get("password"):
         raise ConfigError(f"{what} {_PASSWORD_REFUSED}", hint=_PASSWORD_HINT)
     return {k: str(v) for k, v in params.items() if v is not None}

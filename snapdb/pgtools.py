@@ -15,10 +15,12 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import lru_cache
@@ -97,13 +99,29 @@ def die_with_parent() -> None:
         _prctl(1, signal.SIGKILL)
 
 
+STALE_SCRATCH = 6 * 3600  # seconds without a change before a dead run's directory is removed
+
+
 def scratch_dir() -> Path:
-    """Create a private temporary directory ``snapdb-<pid>-*``, first removing those that
-    processes which no longer exist (killed snapdb runs) left behind."""
+    """Create a private temporary directory ``snapdb-<pid>-*``.
+
+    First removes such directories that killed runs left behind: only ones this user owns, whose
+    process no longer exists, and in which nothing changed for `STALE_SCRATCH` seconds (a pid
+    from another PID namespace sharing the directory looks dead too, so the age matters).
+    """
     base = Path(tempfile.gettempdir())
+    now = time.time()
     for d in base.glob("snapdb-*-*"):
         pid = d.name.split("-")[1]
-        if pid.isdigit() and d.is_dir() and not _alive(int(pid)):
+        try:
+            st = d.lstat()
+            if (not pid.isdigit() or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+                    or _alive(int(pid))):
+                continue
+            newest = max([st.st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
+        except OSError:
+            continue
+        if now - newest > STALE_SCRATCH:
             shutil.rmtree(d, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"snapdb-{os.getpid()}-"))
 

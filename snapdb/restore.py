@@ -111,7 +111,11 @@ def restore_snapshot(
             )
         faults.checkpoint("restore:files-verified")
         maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
-        keep_session_alive(maint)  # it holds the lock while idle for the whole build
+        try:
+            keep_session_alive(maint)  # it holds the lock while idle for the whole build
+        except psycopg.Error as exc:
+            maint.close()
+            raise TargetError(f"cannot prepare the maintenance session: {first_line(exc)}") from None
     except BaseException:
         pool.close()
         raise

@@ -160,3 +160,28 @@ def test_cli_runner_errors_and_help(tmp_path):
     assert r.exit_code == 0 and r.output.strip() == "[]"
     r = runner.invoke(cli.app, ["--config", str(tmp_path / "missing.toml"), "snapshots"])
     assert r.exit_code == ConfigError.exit_code
+
+
+def test_scratch_dir_removes_only_stale_dirs_of_dead_runs(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from snapdb import pgtools
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    dead = 2 ** 22 + 12345  # above pid_max's usual range: no such process
+    old_dead = tmp_path / f"snapdb-{dead}-old"
+    young_dead = tmp_path / f"snapdb-{dead}-young"
+    old_live = tmp_path / f"snapdb-{os.getpid()}-live"
+    for d in (old_dead, young_dead, old_live):
+        d.mkdir()
+        (d / "schema.dump").write_bytes(b"x")
+    past = time.time() - pgtools.STALE_SCRATCH - 60
+    for d in (old_dead, old_live):
+        os.utime(d / "schema.dump", (past, past))
+        os.utime(d, (past, past))
+    new = pgtools.scratch_dir()
+    assert new.is_dir() and new.name.startswith(f"snapdb-{os.getpid()}-")
+    assert not old_dead.exists()  # killed run, untouched for hours
+    assert young_dead.exists()  # maybe a live run in another PID namespace
+    assert old_live.exists()  # our own process
