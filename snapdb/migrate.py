@@ -23,7 +23,6 @@ alembic and SQLAlchemy are imported here only; the CLI imports this module on fi
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import time
@@ -40,7 +39,7 @@ from . import faults, history
 from .config import Endpoint
 from .errors import BusyError, MigrationError, RefusedError, SnapdbError, StoreError, TargetError
 from .manifest import utcnow
-from .postgres import alembic_revisions, connect, first_line, keep_session_alive
+from .postgres import alembic_revisions, control_session, first_line, try_advisory_lock
 from .releases import Scripts
 from .store import Store
 
@@ -62,11 +61,6 @@ class Step:
     def to_json(self) -> dict:
         return {"revision": self.revision, "down_revision": self.down_revision, "file": self.file,
                 "doc": self.doc, "tag": self.tag}
-
-
-def lock_key(dbname: str) -> int:
-    """32-bit advisory lock key for a database name."""
-    return int.from_bytes(hashlib.sha256(dbname.encode("utf-8")).digest()[:4], "big", signed=True)
 
 
 def single_revision(revisions: list[str] | None, where: str) -> str | None:
@@ -141,13 +135,10 @@ class UpgradeSession:
     def __init__(self, ep: Endpoint, lock: bool = True) -> None:
         self.ep = ep
         self.where = ep.name or ep.display()
-        self.conn = connect(ep, TargetError, autocommit=True)
+        self.conn = control_session(ep, TargetError)  # holds the lock while alembic works on other sessions
         try:
-            keep_session_alive(self.conn)  # it holds the lock while alembic works on other sessions
             if lock:
-                got = self.conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)",
-                                        (LOCK_CLASS, lock_key(ep.dbname))).fetchone()[0]
-                if not got:
+                if not try_advisory_lock(self.conn, LOCK_CLASS, ep.dbname):
                     raise BusyError(
                         f"another snapdb upgrade of {self.where} is running",
                         hint="wait for it to finish and run the upgrade again; nothing was changed",

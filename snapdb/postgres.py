@@ -8,6 +8,7 @@ names. Connection failures become the caller's error class with libpq's first me
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import psycopg
@@ -210,6 +211,24 @@ def set_sequences(conn: psycopg.Connection, seqs: list[SequenceValue]) -> None:
             "SELECT pg_catalog.setval(pg_catalog.format('%%I.%%I', %s::text, %s::text)::regclass, %s, %s)",
             (q.schema, q.name, q.last_value, q.is_called),
         )
+
+
+def control_session(ep: Endpoint, error_cls: type[SnapdbError], dbname: str | None = None) -> psycopg.Connection:
+    """Open an autocommit session meant to hold an advisory lock while idle for a long time:
+    the timeouts that would end it (and release the lock) are disabled."""
+    conn = connect(ep, error_cls, dbname=dbname, autocommit=True)
+    try:
+        keep_session_alive(conn)
+    except psycopg.Error as exc:
+        conn.close()
+        raise error_cls(f"cannot prepare a control session on {ep.host}:{ep.port}: {first_line(exc)}") from None
+    return conn
+
+
+def try_advisory_lock(conn: psycopg.Connection, space: int, name: str) -> bool:
+    """Take the session advisory lock (`space`, 32-bit hash of `name`) if it is free."""
+    key = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big", signed=True)
+    return bool(conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (space, key)).fetchone()[0])
 
 
 def keep_session_alive(conn: psycopg.Connection) -> None:

@@ -26,7 +26,6 @@ it otherwise) and leaves the target as it was.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -42,8 +41,8 @@ from .compression import open_zstd
 from .config import Endpoint
 from .errors import BusyError, IntegrityError, RefusedError, SnapdbError, TargetError
 from .postgres import (
-    apply_database_props, connect, create_database, database_exists,
-    drop_database, first_line, keep_session_alive, list_databases, prepared_xacts, rename_database,
+    apply_database_props, control_session, try_advisory_lock, connect, create_database, database_exists,
+    drop_database, first_line, list_databases, prepared_xacts, rename_database,
     set_sequences, system_identifier,
     terminate_sessions,
 )
@@ -68,11 +67,6 @@ class RestoreOutcome:
     tables: int = 0
     rows: int = 0
     seconds: float = 0.0
-
-
-def lock_key(target: str) -> int:
-    """32-bit advisory lock key for a target database name."""
-    return int.from_bytes(hashlib.sha256(target.encode("utf-8")).digest()[:4], "big", signed=True)
 
 
 def restore_snapshot(
@@ -110,18 +104,13 @@ def restore_snapshot(
                 hint="the target was not touched; restore another snapshot",
             )
         faults.checkpoint("restore:files-verified")
-        maint = connect(server, TargetError, dbname=maintenance_db, autocommit=True)
-        try:
-            keep_session_alive(maint)  # it holds the lock while idle for the whole build
-        except psycopg.Error as exc:
-            maint.close()
-            raise TargetError(f"cannot prepare the maintenance session: {first_line(exc)}") from None
+        maint = control_session(server, TargetError, dbname=maintenance_db)  # holds the lock for the whole build
     except BaseException:
         pool.close()
         raise
     try:
         _check_not_source(maint, manifest, server, target)
-        if not maint.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(target))).fetchone()[0]:
+        if not try_advisory_lock(maint, LOCK_CLASS, target):
             raise BusyError(
                 f"another snapdb run is restoring into {target!r} on {server.host}:{server.port}",
                 hint="wait for it to finish; nothing was changed",
@@ -316,7 +305,7 @@ def _drop_quietly(maint: psycopg.Connection, server: Endpoint, maintenance_db: s
     try:
         with connect(server, TargetError, dbname=maintenance_db, autocommit=True) as fresh:
             # our lock went with the lost session: drop the build only if no other run holds it now
-            if fresh.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(target))).fetchone()[0]:
+            if try_advisory_lock(fresh, LOCK_CLASS, target):
                 drop_database(fresh, tmp)
                 return
     except (psycopg.Error, SnapdbError):
