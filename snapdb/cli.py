@@ -8,6 +8,7 @@ This is the only module that prints, draws progress or exits. Errors become one 
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
@@ -24,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import commands
+from . import __version__, commands
 from .config import load_config
 from .errors import SnapdbError
 from .progress import NULL, Reporter
@@ -34,10 +35,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags without a "<bool>" type column
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+class VerifyMode(str, enum.Enum):
+    full = "full"
+    quick = "quick"
+
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel database sessions.")]
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store URL (overrides config and SNAPDB_STORE).")]
 
@@ -51,11 +59,19 @@ class State:
 state = State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"snapdb {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
     config: Annotated[Optional[str], typer.Option("--config", help="Path of snapdb.toml.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print snapdb's version and exit.")] = False,
 ) -> None:
     state.config_path, state.quiet, state.debug = config, quiet, debug
     level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
@@ -180,6 +196,8 @@ def snapshot(
         _emit_json(info.to_json())
     else:
         typer.echo(info.id)
+        for w in info.warnings:
+            err.print(f"warning: {w}", markup=False)
 
 
 @app.command()
@@ -215,7 +233,11 @@ def restore(
     server: Annotated[Optional[str], typer.Option("--server", help="Server (service or URL) for a bare database name.")] = None,
     jobs: JobsOpt = 2,
     keep_previous: Annotated[int, typer.Option("--keep-previous", min=0, help="Previous copies to keep.")] = 1,
-    verify: Annotated[str, typer.Option("--verify", help="full (default): also read every table back and compare checksums; quick: checked files and row counts only.")] = "full",
+    verify: Annotated[VerifyMode, typer.Option("--verify", help="full (default): also read every table back and compare checksums; quick: checked files and row counts only.")] = VerifyMode.full,
+    no_owner: Annotated[bool, typer.Option("--no-owner", help="Do not carry ownership: objects and the database belong to the restoring role.")] = False,
+    no_privileges: Annotated[bool, typer.Option("--no-privileges", help="Do not carry grants (objects and the database).")] = False,
+    drop_slots: Annotated[bool, typer.Option("--drop-slots", help="Replace a target holding logical replication slots; they are dropped with the old copy.")] = False,
+    detach_subscriptions: Annotated[bool, typer.Option("--detach-subscriptions", help="Replace a target with subscriptions; they are disabled and detached in the copy set aside.")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -227,7 +249,9 @@ def restore(
         cfg = load_config(state.config_path)
         res = commands.restore(
             cfg, into, from_=from_, snapshot_id=snapshot_id, server=server, jobs=jobs,
-            keep_previous=keep_previous, verify=verify, store=store, reporter=_reporter(as_json),
+            keep_previous=keep_previous, verify=verify.value, store=store, no_owner=no_owner,
+            no_privileges=no_privileges, drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
+            reporter=_reporter(as_json),
         )
     if as_json:
         _emit_json(res.to_json())
@@ -314,7 +338,8 @@ def upgrade(
          f"{'s' if len(res.steps) != 1 else ''}) in {res.seconds:.1f}s; history record {res.history_id}")
 
 
-release_app = typer.Typer(help="Record releases in the ledger (releases.toml).", no_args_is_help=True)
+release_app = typer.Typer(help="Record releases in the ledger (releases.toml).", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(release_app, name="release")
 
 
@@ -373,6 +398,43 @@ def releases(
             typer.echo(f"{d['service']}: at revision {d['revision'] or 'none (no version table)'}, not a release")
 
 
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")
+GROUPS = ("release",)
+
+
+def normalize_args(argv: list[str]) -> list[str]:
+    """Let the global options (``--quiet``, ``-q``, ``--debug``, ``--config PATH``,
+    ``--version``) stand anywhere on the command line, and ``--json`` before the command too:
+    they are moved to where the parser expects them. Everything after ``--`` stays as it is."""
+    front: list[str] = []
+    rest: list[str] = []
+    json_flag = False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a in GLOBAL_FLAGS:
+            front.append(a)
+        elif a == "--config" and i + 1 < len(argv):
+            front += [a, argv[i + 1]]
+            i += 1
+        elif a.startswith("--config="):
+            front.append(a)
+        elif a == "--json":
+            json_flag = True
+        else:
+            rest.append(a)
+        i += 1
+    if json_flag:
+        at = 0
+        if rest and not rest[0].startswith("-"):
+            at = 2 if rest[0] in GROUPS and len(rest) > 1 else 1
+        rest.insert(at, "--json")
+    return front + rest
+
+
 def main() -> None:
     """Console entry point."""
-    app()
+    app(args=normalize_args(sys.argv[1:]), prog_name="snapdb")

@@ -17,13 +17,13 @@ import psycopg
 
 from . import gitsource, history
 from . import manifest as mf
-from .config import Config, Endpoint, format_duration, is_url, parse_url
+from .config import Config, Endpoint, format_duration, is_url
 from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, StoreError, TargetError
 from .ledger import Ledger, check_tag
 from .names import valid_dbname
-from .postgres import alembic_revisions, connect, first_line
+from .postgres import alembic_revisions, connect, first_line, system_identifier
 from .progress import NULL, Reporter
-from .restore import VERIFY_MODES, restore_snapshot
+from .restore import VERIFY_MODES, RestoreOptions, check_target_name, restore_snapshot
 from .snapshot import take_snapshot
 from .store import Store, open_store
 from .verify import verify_database, verify_files
@@ -44,6 +44,8 @@ class SnapshotInfo:
     tables: int
     rows: int
     release: str | None = None
+    server: str = ""  # host:port/dbname of the source as recorded
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -55,6 +57,7 @@ class SnapshotInfo:
             id=m.id, source=m.source, created_at=m.created_at, label=m.label,
             stored_bytes=m.stored_bytes, raw_bytes=m.raw_bytes, tables=len(m.tables), rows=m.rows,
             release=(m.release or {}).get("tag"),
+            server=f"{m.server.get('host')}:{m.server.get('port')}/{m.server.get('dbname')}", warnings=list(m.warnings),
         )
 
     def to_json(self) -> dict:
@@ -81,6 +84,14 @@ class RestoreResult:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
+MAINTENANCE_DB_ENV = "SNAPDB_MAINTENANCE_DB"
+
+
+def maintenance_db() -> str:
+    """The database snapdb connects to for creating, renaming and dropping databases."""
+    return os.environ.get(MAINTENANCE_DB_ENV) or "postgres"
+
+
 @dataclass
 class VerifyResult:
     """Outcome of `verify`: file problems, and database differences when `against` was given."""
@@ -100,8 +111,12 @@ class VerifyResult:
         }
 
 
-def _store(cfg: Config, store: str | None) -> Store:
-    return open_store(cfg.store(store))
+def _store(cfg: Config, store: str | None, read: bool = True) -> Store:
+    """Open the store; when it is to be read, check that it exists (a typo is an error)."""
+    st = open_store(cfg.store(store))
+    if read:
+        st.check()
+    return st
 
 
 def snapshot(
@@ -118,7 +133,7 @@ def snapshot(
     Example: ``snapshot(cfg, "prod", label="nightly")``
     """
     ep = cfg.endpoint(source)
-    st = _store(cfg, store)
+    st = _store(cfg, store, read=False)
     return SnapshotInfo.from_manifest(take_snapshot(
         ep, st, jobs=jobs, label=label, release_probe=_release_probe(cfg, ep), reporter=reporter))
 
@@ -141,23 +156,61 @@ def _release_probe(cfg: Config, ep: Endpoint) -> Callable[[psycopg.Connection], 
     return probe
 
 
-def source_name(cfg: Config, ref: str) -> str:
-    """The name snapshots of `ref` are filed under: service name, a URL's dbname, or `ref`."""
-    if ref in cfg.services:
-        return ref
-    if is_url(ref):
-        return Endpoint(params=parse_url(ref, what="URL")).dbname
-    return ref
+def _live_sysid(ep: Endpoint) -> str | None:
+    """The system identifier of `ep`'s server, or None when it cannot be read (unreachable,
+    or the role may not call pg_control_system)."""
+    try:
+        with connect(ep, SnapdbError, autocommit=True) as conn:
+            return system_identifier(conn)
+    except SnapdbError:
+        return None
+
+
+def _of_source(cfg: Config, ref: str, st: Store) -> tuple[str, list[mf.Manifest], list[mf.Manifest]]:
+    """Snapshots of source `ref` (a service, a URL, or a name snapshots are filed under):
+    (the name, those taken of its own database, those filed under its name but taken of
+    another server or database). Raises `ConfigError` for a source nothing is known about."""
+    if ref in cfg.services or is_url(ref):
+        ep = cfg.endpoint(ref)
+        name = ep.source_name
+        filed = mf.list_manifests(st, name if ref in cfg.services else None)
+        if is_url(ref):
+            filed = [m for m in filed if m.server.get("dbname") == ep.dbname]
+        sysid: list[str | None] = []
+
+        def matches(m: mf.Manifest) -> bool:
+            if mf.same_source(m.server, ep):
+                return True
+            if m.server.get("system_identifier"):
+                if not sysid:
+                    sysid.append(_live_sysid(ep))
+                return bool(sysid[0]) and mf.same_source(m.server, ep, sysid[0])
+            return False
+
+        own = [m for m in filed if matches(m)]
+        return name, own, [m for m in filed if m not in own]
+    found = mf.list_manifests(st, ref)
+    if found:
+        return ref, found, []
+    known = sorted(set(cfg.services) | {m.source for m in mf.list_manifests(st)})
+    raise ConfigError(
+        f"unknown source {ref!r}: not a service in the configuration, and no snapshot is filed under it",
+        hint=f"known: {', '.join(known) if known else 'none'}" + (
+            " (--json takes no value)" if ref.lower() in ("true", "false", "1", "0", "yes", "no") else ""),
+    )
 
 
 def snapshots(cfg: Config, source: str | None = None, *, store: str | None = None) -> list[SnapshotInfo]:
-    """List snapshots, newest first (only those of SOURCE if given).
+    """List snapshots, newest first (only those of SOURCE if given: for a service, only those
+    taken of its own database).
 
     Example: ``snapshots(cfg, "prod")``
     """
     st = _store(cfg, store)
-    name = source_name(cfg, source) if source else None
-    return [SnapshotInfo.from_manifest(m) for m in mf.list_manifests(st, name)]
+    if source is None:
+        return [SnapshotInfo.from_manifest(m) for m in mf.list_manifests(st)]
+    _name, own, _other = _of_source(cfg, source, st)
+    return [SnapshotInfo.from_manifest(m) for m in own]
 
 
 def _pick_manifest(cfg: Config, st: Store, from_: str | None, snapshot_id: str | None) -> mf.Manifest:
@@ -165,27 +218,45 @@ def _pick_manifest(cfg: Config, st: Store, from_: str | None, snapshot_id: str |
         raise ConfigError("give either --from or --snapshot, not both")
     if snapshot_id:
         return mf.read_manifest(st, snapshot_id)
-    name = source_name(cfg, from_) if from_ else None
-    found = mf.list_manifests(st, name)
-    if not found:
-        what = f"of {name!r} " if name else ""
-        raise StoreError(f"no snapshots {what}in {st.describe()}", hint="take one with: snapdb snapshot SOURCE")
-    return found[0]
+    if not from_:
+        found = mf.list_manifests(st)
+        if not found:
+            raise StoreError(f"no snapshots in {st.describe()}", hint="take one with: snapdb snapshot SOURCE")
+        return found[0]
+    name, own, other = _of_source(cfg, from_, st)
+    if not own:
+        extra = ""
+        if other:
+            o = other[0].server
+            extra = (f"; {len(other)} snapshot(s) filed under {name!r} were taken of another server or database "
+                     f"(e.g. {other[0].id} of {o.get('host')}:{o.get('port')}/{o.get('dbname')}) and are not used")
+        raise StoreError(f"no snapshots of {name!r} in {st.describe()}{extra}",
+                         hint=f"take one with: snapdb snapshot {from_}")
+    return own[0]
 
 
 def _resolve_target(cfg: Config, into: str, server: str | None, m: mf.Manifest) -> tuple[Endpoint, str]:
-    """Return (server endpoint, database name) for a restore target."""
+    """Return (server endpoint, database name) for a restore target.
+
+    A bare database name needs `server`: guessing the server (the snapshot's source's, as
+    before) built a typo'd target on production."""
     if into in cfg.services or is_url(into):
         if server:
             raise ConfigError("--server applies only when --into is a bare database name")
-        ep = cfg.endpoint(into)
+        ep = cfg.endpoint(into).admin()
         return ep, ep.dbname
-    if server:
-        ep = cfg.endpoint(server)
-    elif m.source in cfg.services:
-        ep = cfg.services[m.source]
-    else:
-        ep = Endpoint(params={"host": m.server["host"], "port": str(m.server["port"])})
+    if not server:
+        import difflib
+
+        close = difflib.get_close_matches(into, list(cfg.services), n=1)
+        known = ", ".join(sorted(cfg.services)) or "none configured"
+        raise ConfigError(
+            f"unknown target {into!r}: not a service in the configuration"
+            + (f" (did you mean {close[0]!r}?)" if close else ""),
+            hint=f"services: {known}; to create or replace a database by that name, say on which server: "
+                 f"--into {into} --server SERVICE_OR_URL",
+        )
+    ep = cfg.endpoint(server).admin()
     return ep.with_dbname(into), into
 
 
@@ -215,6 +286,10 @@ def restore(
     keep_previous: int = 1,
     verify: str = "full",
     store: str | None = None,
+    no_owner: bool = False,
+    no_privileges: bool = False,
+    drop_slots: bool = False,
+    detach_subscriptions: bool = False,
     reporter: Reporter = NULL,
 ) -> RestoreResult:
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
@@ -227,17 +302,23 @@ def restore(
         raise ConfigError("--jobs must be 1 or more")
     if verify not in VERIFY_MODES:
         raise ConfigError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
+    if into in cfg.services or is_url(into):
+        check_target_name(cfg.endpoint(into).dbname, maintenance_db())
+    elif valid_dbname(into):
+        check_target_name(into, maintenance_db())  # refused before the store is even read
     st = _store(cfg, store)
     m = _pick_manifest(cfg, st, from_, snapshot_id)
     ep, dbname = _resolve_target(cfg, into, server, m)
     if not valid_dbname(dbname):
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
-    out = restore_snapshot(
-        st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
-        maintenance_db=os.environ.get("SNAPDB_MAINTENANCE_DB", "postgres"), verify=verify, reporter=reporter,
-    )
-    warnings = _catalog_restore(st, ep, dbname, m)
+    role_map = cfg.services[into].role_map if into in cfg.services else (
+        cfg.services[server].role_map if server in cfg.services else {})
+    opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
+                          drop_slots=drop_slots, detach_subscriptions=detach_subscriptions)
+    out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
+                           verify=verify, options=opts, reporter=reporter)
+    warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
@@ -245,19 +326,24 @@ def restore(
     )
 
 
-def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest) -> list[str]:
-    """Publish in the catalog the ``restore`` row the restore wrote (managed sources only).
+def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:
+    """Publish the restore's record in the store's catalog: for a managed source the ``restore``
+    row written into the copy, for any other the same record without a row. It names the new
+    database by OID and server, which is how an upgrade of an unmanaged copy finds out what it
+    was restored from.
 
-    Runs after the swap: the restore has happened, so a failure here is a warning, not an error
-    (the row is in the database's own snapdb.history either way)."""
-    if not m.release:
-        return []
+    Runs after the swap: the restore has happened, so a failure here is a warning, not an error."""
+    rec = None
     try:
-        with connect(ep, TargetError, dbname=dbname, autocommit=True) as conn:
-            rec = next((r for r in history.rows(conn, 20) if r.operation == "restore" and r.restored_from == m.id), None)
-        if rec is not None:
-            rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname}
-            history.write_catalog(st, rec)
+        if m.release:
+            with connect(ep, TargetError, dbname=dbname, autocommit=True) as conn:
+                rec = next((r for r in history.rows(conn, 20) if r.operation == "restore" and r.restored_from == m.id), None)
+        if rec is None:
+            rec = history.restore_record(ep, dbname, m)
+        rec.restored_from_server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+        rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname, "oid": out.oid,
+                        "system_identifier": out.system_identifier}
+        history.write_catalog(st, rec)
     except psycopg.Error as exc:
         return [f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}"]
     except SnapdbError as exc:
@@ -373,12 +459,13 @@ def upgrade(
     ledger = Ledger.load(mdir)
     rel = ledger.get(to)
     changes = not (dry_run or sql)
-    st = _store(cfg, store) if (changes or prod) else None
+    st = _store(cfg, store, read=False) if (changes or prod) else None
     where = ep.name or ep.display()
     with contextlib.ExitStack() as stack:
         scripts = stack.enter_context(releases.open_scripts(mdir, to))
         releases.check_release(rel, scripts)
-        session = stack.enter_context(migrate.UpgradeSession(ep, lock=changes))
+        session = stack.enter_context(migrate.UpgradeSession(ep.admin(), lock=changes))
+        restored, restored_server = _provenance(st, session, ep)
         worktree = None
         if session.current and scripts.commit and not scripts.knows(session.current):
             worktree = stack.enter_context(releases.open_scripts(mdir))  # to tell "ahead" from "unknown"
@@ -387,13 +474,18 @@ def upgrade(
             target=where, database=ep.display(), tag=to, revision=rel.revision, checksum=rel.checksum,
             scripts=scripts.origin, from_revision=session.current, from_tag=ledger.tag_for(session.current),
             steps=[s.to_json() for s in steps], mode="dry-run" if dry_run else "sql" if sql else "upgrade",
-            production=prod, restored_from=session.restored_from[0] if session.restored_from else None,
+            production=prod, restored_from=restored[0] if restored else None,
         )
         if not steps:
             result.outcome = "up-to-date"
             return result
         if prod:
-            found = history.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow())
+            prod_ep = cfg.services[prod]
+
+            def is_prod(server: dict) -> bool:
+                return mf.same_source(server, prod_ep, session.system_identifier)
+
+            found = history.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(), is_prod)
             if found is not None:
                 result.rehearsal = found.record_id
             elif not skip_rehearsal:
@@ -416,13 +508,38 @@ def upgrade(
             "upgrade", ep, tag=to, from_revision=session.current, to_revision=rel.revision,
             reached_revision=session.current, checksum=rel.checksum,
             restored_from=result.restored_from,
-            restored_from_source=session.restored_from[1] if session.restored_from else None,
+            restored_from_source=restored[1] if restored else None,
             skip_rehearsal=result.rehearsal_skipped, rehearsal=result.rehearsal, scripts_origin=scripts.origin,
         )
+        rec.restored_from_server = restored_server
         result.history_id = rec.record_id
         result.seconds = session.apply(scripts, steps, rec, st)
         result.outcome = "upgraded"
         return result
+
+
+def _provenance(st: Store | None, session, ep: Endpoint) -> tuple[tuple[str, str] | None, dict | None]:
+    """Which snapshot the database was restored from ((id, source) or None), and that snapshot's
+    recorded source server: from the database's own snapdb.history, else (a copy of an
+    unmanaged database, which carries no history) from the catalog's record of the restore that
+    produced this database, found by the database's OID on this server."""
+    restored = session.restored_from
+    server = None
+    if st is None:
+        return restored, None
+    if restored is None:
+        rec = history.find_restore(st, {"host": ep.host, "port": ep.port,
+                                        "system_identifier": session.system_identifier}, session.oid)
+        if rec is not None and rec.restored_from:
+            return (rec.restored_from, rec.restored_from_source), rec.restored_from_server
+        return None, None
+    try:
+        m = mf.read_manifest(st, restored[0])
+        server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+    except SnapdbError:  # the snapshot was deleted: its restore record still says where it came from
+        rec = next((r for r in history.list_catalog(st) if r.operation == "restore" and r.restored_from == restored[0]), None)
+        server = rec.restored_from_server if rec else None
+    return restored, server
 
 
 @dataclass
@@ -528,7 +645,7 @@ def releases(cfg: Config, *, migrations: str | None = None, store: str | None = 
             by_tag[entry["tag"]].databases.append(name)
         out.databases.append(entry)
     try:
-        st = _store(cfg, store)
+        st = _store(cfg, store, read=False)  # a store not created yet holds no snapshots
     except ConfigError:  # no store configured: list releases and databases only
         st = None
     revisions = {r.revision for r in ledger.releases.values()}

@@ -31,7 +31,7 @@ DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
 DEFAULT_MIGRATIONS = "migrations"
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-_SERVICE_KEYS = {"url", "role", "migrations"}
+_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles"}
 _URL_PREFIXES = ("postgresql://", "postgres://")
 
 
@@ -40,13 +40,18 @@ class Endpoint:
     """A database on a server: libpq parameters without any password.
 
     `params` holds libpq keywords (host, port, user, dbname, sslmode, ...). `name` is the
-    service name when it came from the configuration, else None.
+    service name when it came from the configuration, else None. `admin_params`, from the
+    service's ``admin_url``, is the connection for operations that change the database
+    (restores into it, upgrades, cutovers); `admin()` returns it. `role_map` maps role names
+    of a snapshot's source to roles of this service's server (``[services.X.roles]``).
     """
 
     params: dict[str, str]
     name: str | None = None
     role: str | None = None
     migrations: str | None = None
+    admin_params: dict[str, str] | None = None
+    role_map: dict[str, str] = field(default_factory=dict)
 
     @property
     def dbname(self) -> str:
@@ -68,8 +73,24 @@ class Endpoint:
 
     @property
     def source_name(self) -> str:
-        """The name a snapshot of this endpoint is filed under: service name, else dbname."""
-        return self.name or self.dbname
+        """The name a snapshot of this endpoint is filed under: the service name, else
+        ``host:port/dbname`` (never a bare database name, which could be a service's name)."""
+        return self.name or self.display()
+
+    def admin(self) -> Endpoint:
+        """The connection for changing this database: ``admin_url`` if the service has one."""
+        if not self.admin_params:
+            return self
+        return replace(self, params=dict(self.admin_params), admin_params=None)
+
+    def label(self, dbname: str | None = None) -> str:
+        """Describe this endpoint (or database `dbname` on its server) for messages: the service
+        by name when it is one, with server, database and user; never a password."""
+        db = dbname if dbname is not None else self.dbname
+        where = f"{self.host}:{self.port}, database {db!r}, user {self.user!r}"
+        if self.name and db == self.dbname:
+            return f"service {self.name!r} ({where})"
+        return where
 
     def conninfo(self, dbname: str | None = None) -> str:
         """Return a libpq conninfo string (never contains a password)."""
@@ -81,7 +102,8 @@ class Endpoint:
 
     def with_dbname(self, dbname: str, name: str | None = None) -> Endpoint:
         """Return the same server with another database (and service name)."""
-        return replace(self, params={**self.params, "dbname": dbname}, name=name, role=None)
+        admin = {**self.admin_params, "dbname": dbname} if self.admin_params else None
+        return replace(self, params={**self.params, "dbname": dbname}, name=name, role=None, admin_params=admin)
 
     def display(self) -> str:
         """Return a short, credential-free description: ``host:port/dbname``."""
@@ -249,13 +271,32 @@ def _parse(data: dict, path: Path) -> Config:
         if role not in ROLES:
             raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
         params = parse_url(url, what=f"url of service {name!r}")
+        admin_url = _path_string(svc, "admin_url", where)
+        admin = parse_url(admin_url, what=f"admin_url of service {name!r}") if admin_url else None
+        if admin is not None:
+            admin.setdefault("dbname", params.get("dbname", ""))
+            if not admin["dbname"]:
+                del admin["dbname"]
         cfg.services[name] = Endpoint(params=params, name=name, role=role,
-                                      migrations=_path_string(svc, "migrations", where))
+                                      migrations=_path_string(svc, "migrations", where),
+                                      admin_params=admin, role_map=_role_map(svc.get("roles", {}), where))
     upgrade = _section(data, "upgrade", _UPGRADE_KEYS, f"{path} [upgrade]")
     cfg.migrations = _path_string(upgrade, "migrations", f"{path} [upgrade]")
     if "rehearsal_max_age" in upgrade:
         cfg.rehearsal_max_age = parse_duration(upgrade["rehearsal_max_age"], f"{path} [upgrade] rehearsal_max_age")
     return cfg
+
+
+def _role_map(table: object, where: str) -> dict[str, str]:
+    """``[services.X.roles]``: source role name -> role name on this service's server."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: roles must be a table like roles = {{ app = \"app_dev\" }}")
+    out = {}
+    for src, dst in table.items():
+        if not isinstance(dst, str) or not dst or not src:
+            raise ConfigError(f"{where} roles: {src!r} must map to a non-empty role name")
+        out[src] = dst
+    return out
 
 
 def _section(parent: dict, key: str, allowed: set[str], where: str) -> dict:

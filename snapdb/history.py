@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Callable
 import secrets
 import socket
 from dataclasses import asdict, dataclass, fields
@@ -98,6 +99,9 @@ class Record:
     scripts_origin: str | None = None
     error: str | None = None
     snapdb_version: str = __version__
+    restored_from_server: dict | None = None  # catalog only: the restored snapshot's source server
+
+    # `database` and `restored_from_server` live in the catalog only: snapdb.history has no columns for them
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -132,7 +136,7 @@ def _table() -> sql.Composable:
     return sql.Identifier(SNAPDB_SCHEMA, "history")
 
 
-_COLUMNS = [f.name for f in fields(Record) if f.name != "database"]
+_COLUMNS = [f.name for f in fields(Record) if f.name not in ("database", "restored_from_server")]
 
 
 def ensure_table(conn: psycopg.Connection) -> None:
@@ -210,20 +214,29 @@ def rows(conn: psycopg.Connection, limit: int = 100) -> list[Record]:
     return out
 
 
-def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Manifest) -> None:
-    """Write the ``restore`` row into freshly built database `dbname` that becomes `target`.
-
-    Does nothing when the snapshot's source was not managed (no release in the manifest).
-    """
-    if not manifest.release:
-        return
+def restore_record(server: Endpoint, target: str, manifest: mf.Manifest) -> Record:
+    """The record of a restore of `manifest`'s snapshot into `target` on `server`."""
+    release = manifest.release or {}
     rec = new_record(
         "restore", server.with_dbname(target, name=server.name if server.dbname == target else None),
-        tag=manifest.release.get("tag"),
-        to_revision=manifest.release.get("revision"), reached_revision=manifest.release.get("revision"),
+        tag=release.get("tag"), to_revision=release.get("revision"), reached_revision=release.get("revision"),
         restored_from=manifest.id, restored_from_source=manifest.source, outcome="succeeded",
     )
     rec.ended_at = rec.started_at
+    rec.restored_from_server = {k: manifest.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+    return rec
+
+
+def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Manifest) -> Record | None:
+    """Write the ``restore`` row into freshly built database `dbname` that becomes `target`, and
+    return the record (its catalog copy is published after the swap).
+
+    Writes nothing into the database when the snapshot's source was not managed (no release in
+    the manifest), so such restores stay exact copies; the record is returned all the same.
+    """
+    rec = restore_record(server, target, manifest)
+    if not manifest.release:
+        return rec
     try:
         with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
             ensure_table(conn)
@@ -231,6 +244,7 @@ def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Mani
     except psycopg.Error as exc:
         raise TargetError(f"recording the restore in snapdb.history failed: {first_line(exc)}",
                           hint="the target is unchanged") from None
+    return rec
 
 
 # -- the store's catalog -------------------------------------------------------------------------
@@ -262,12 +276,38 @@ def list_catalog(store: Store) -> list[Record]:
 
 
 def find_rehearsal(store: Store, source: str, tag: str, checksum: str, max_age: timedelta,
-                   now: datetime) -> Record | None:
+                   now: datetime, is_source: Callable[[dict], bool]) -> Record | None:
     """The newest successful upgrade to `tag` with `checksum` of a database restored from a
-    snapshot of `source`, ended within `max_age` before `now`; None if there is none."""
+    snapshot of `source`, ended within `max_age` before `now`; None if there is none.
+
+    The snapshot must have been taken of `source`'s own database: `is_source` is called with
+    the restored snapshot's recorded source server (host, port, dbname, system identifier) and
+    must say yes. A rehearsal on a copy of a same-named database elsewhere does not count."""
     for rec in list_catalog(store):
         if (rec.operation == "upgrade" and rec.outcome == "succeeded" and rec.tag == tag
                 and rec.checksum == checksum and rec.restored_from and rec.restored_from_source == source
+                and rec.restored_from_server and is_source(rec.restored_from_server)
                 and rec.ended() is not None and now - rec.ended() <= max_age):
+            return rec
+    return None
+
+
+def find_restore(store: Store, server: dict, oid: int) -> Record | None:
+    """The newest catalog record of a restore that produced the database with OID `oid` on the
+    server `server` ({"host", "port", "system_identifier"}); None if there is none.
+
+    Restores of unmanaged sources write nothing into the copy, so this is how an upgrade of such
+    a copy (the first release of an existing database) learns which snapshot it holds.
+    """
+    _E = Endpoint
+    key = _E(params={"host": str(server.get("host")), "port": str(server.get("port"))}).server_key()
+    for rec in list_catalog(store):
+        db = rec.database or {}
+        if rec.operation != "restore" or rec.outcome != "succeeded" or db.get("oid") != oid:
+            continue
+        if server.get("system_identifier") and db.get("system_identifier"):
+            if str(server["system_identifier"]) == str(db["system_identifier"]):
+                return rec
+        elif _E(params={"host": str(db.get("host")), "port": str(db.get("port"))}).server_key() == key:
             return rec
     return None

@@ -15,13 +15,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from .compression import FileEntry
+from .config import Endpoint
 from .errors import IntegrityError, StoreError
 from .postgres import DatabaseProps, SequenceValue, TableRef
 from .store import MissingError, Store
+from .tabledata import CHECKSUM, LEGACY_CHECKSUM
 
 log = logging.getLogger(__name__)
 
-FORMAT = "snapdb-snapshot/1"
+#: the format snapdb writes; `READABLE` are the formats it restores and verifies (every earlier
+#: one: a snapshot written by an earlier release stays restorable)
+FORMAT = "snapdb-snapshot/2"
+FORMAT_1 = "snapdb-snapshot/1"
+READABLE = (FORMAT_1, FORMAT)
 PREFIX = "snapshots/"
 MANIFEST = "manifest.json"
 SCHEMA_FILE = "schema.dump.zst"
@@ -41,7 +47,10 @@ class TableEntry:
     """One table: its copied columns, totals, and the files (parts) holding its rows.
 
     Each part is ``{"file": path, "rows": n, "checksum": hex}``; the table's rows and checksum
-    are the sums of its parts' (see `snapdb.tabledata`).
+    are the sums of its parts' (see `snapdb.tabledata`). `load_via` ([schema, name], format 2)
+    names the partition root its rows are loaded through, for partitions of a tree whose hash
+    partitioning depends on enum OIDs: a restore may place such rows in other partitions, so
+    the rows of all tables with the same `load_via` are compared as one group.
     """
 
     schema: str
@@ -50,9 +59,20 @@ class TableEntry:
     rows: int
     checksum: str
     parts: list[dict]
+    load_via: list[str] | None = None
 
     def ref(self) -> TableRef:
         return TableRef(self.schema, self.name, list(self.columns))
+
+    def load_ref(self) -> TableRef:
+        """The table COPY loads into: the partition root of `load_via`, else this table."""
+        if self.load_via:
+            return TableRef(self.load_via[0], self.load_via[1], list(self.columns))
+        return self.ref()
+
+    def group(self) -> tuple[str, str]:
+        """What verification compares this table's rows as: itself, or its `load_via` group."""
+        return tuple(self.load_via) if self.load_via else (self.schema, self.name)
 
 
 @dataclass
@@ -71,6 +91,9 @@ class Manifest:
     large_objects: int
     release: dict | None = None
     format: str = FORMAT
+    checksum: str = CHECKSUM  # the content checksum algorithm of `tables` (tabledata.ALGORITHMS)
+    skipped: list[dict] = field(default_factory=list)  # tables whose rows are not in the snapshot
+    warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -104,13 +127,19 @@ class Manifest:
             "tables": [asdict(t) for t in self.tables],
             "sequences": [asdict(s) for s in self.sequences],
             "large_objects": self.large_objects,
+            "checksum": self.checksum,
+            "skipped": self.skipped,
+            "warnings": self.warnings,
             "totals": {"stored_bytes": self.stored_bytes, "raw_bytes": self.raw_bytes, "rows": self.rows},
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
-        if data.get("format") != FORMAT:
-            raise IntegrityError(f"unsupported snapshot format {data.get('format')!r}")
+        fmt = data.get("format")
+        if fmt not in READABLE:
+            raise IntegrityError(
+                f"unsupported snapshot format {fmt!r} (this snapdb reads {', '.join(READABLE)})",
+                hint="a newer snapdb wrote it: restore it with that version or newer")
         try:
             return cls(
                 id=data["id"], source=data["source"], created_at=data["created_at"],
@@ -123,6 +152,10 @@ class Manifest:
                 sequences=[SequenceValue(**s) for s in data["sequences"]],
                 large_objects=int(data["large_objects"]),
                 release=data.get("release"),
+                format=fmt,
+                checksum=data.get("checksum", LEGACY_CHECKSUM) if fmt != FORMAT_1 else LEGACY_CHECKSUM,
+                skipped=list(data.get("skipped") or []),
+                warnings=list(data.get("warnings") or []),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed manifest: {exc}") from None
@@ -167,6 +200,24 @@ def list_manifests(store: Store, source: str | None = None) -> list[Manifest]:
                 out.append(m)
     out.sort(key=lambda m: (m.created_at, m.id), reverse=True)
     return out
+
+
+def same_source(server: dict, ep: Endpoint, live_sysid: str | None = None) -> bool:
+    """Tell whether a snapshot's recorded source `server` (manifest ``server``: host, port,
+    dbname, system_identifier) is the database `ep` points at.
+
+    The database name must match. When both system identifiers are known (the recorded one and
+    `live_sysid`, read from `ep`'s server) they decide, so a server reached under a new host name
+    still matches and an unrelated server on a reused address does not; otherwise the host
+    (loopback addresses and socket directories count as one) and port must match.
+    """
+    if server.get("dbname") != ep.dbname:
+        return False
+    recorded = server.get("system_identifier")
+    if recorded and live_sysid:
+        return str(recorded) == str(live_sysid)
+    rec = Endpoint(params={"host": str(server.get("host")), "port": str(server.get("port"))})
+    return rec.server_key() == ep.server_key()
 
 
 def utcnow() -> datetime:

@@ -6,9 +6,10 @@ Contract:
   to `target` in upgrade order, or raises `RefusedError` when the database is ahead of `target`,
   on another branch, or at a revision the scripts do not know.
 - `UpgradeSession(ep, lock=True)` opens a control session on the target database and takes the
-  session advisory lock ``(0x5D4C, hash of the database name)`` in that database; a second
-  upgrade of the same database gets `BusyError` at once. It reads the current revision and the
-  snapshot the database was restored from, and `apply` runs the plan.
+  server-wide lock of the database's name (`snapdb.locks`, the same lock restores and
+  cutovers take): a second upgrade, or a restore into the same database, gets `BusyError` at
+  once. It reads the current revision and the snapshot the database was restored from, and
+  `apply` runs the plan.
 - `apply` runs each revision through ``alembic.command.upgrade`` on its own SQLAlchemy
   connection, one revision per call, so each revision commits on its own (``env.py`` sets
   ``transaction_per_migration``; an ``autocommit_block()`` inside a script commits early). The
@@ -35,17 +36,15 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.pool import NullPool
 
-from . import faults, history
+from . import faults, history, locks
 from .config import Endpoint
-from .errors import BusyError, MigrationError, RefusedError, SnapdbError, StoreError, TargetError
+from .errors import MigrationError, RefusedError, SnapdbError, StoreError, TargetError
 from .manifest import utcnow
-from .postgres import alembic_revisions, control_session, first_line, try_advisory_lock
+from .postgres import alembic_revisions, control_session, first_line, system_identifier
 from .releases import Scripts
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-LOCK_CLASS = 0x5D4C  # advisory lock key space of snapdb ("upgrade this database")
 
 
 @dataclass
@@ -138,14 +137,13 @@ class UpgradeSession:
         self.conn = control_session(ep, TargetError)  # holds the lock while alembic works on other sessions
         try:
             if lock:
-                if not try_advisory_lock(self.conn, LOCK_CLASS, ep.dbname):
-                    raise BusyError(
-                        f"another snapdb upgrade of {self.where} is running",
-                        hint="wait for it to finish and run the upgrade again; nothing was changed",
-                    )
+                locks.acquire(self.conn, ep.dbname, "upgrade", self.where)
                 faults.checkpoint("upgrade:locked")
             self.current = single_revision(alembic_revisions(self.conn), self.where)
             self.restored_from = history.restored_from(self.conn)
+            self.oid = int(self.conn.execute(
+                "SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()").fetchone()[0])
+            self.system_identifier = system_identifier(self.conn)
         except psycopg.Error as exc:
             self.close()
             raise TargetError(f"reading {self.where} failed: {first_line(exc)}") from None

@@ -8,7 +8,6 @@ names. Connection failures become the caller's error class with libpq's first me
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import psycopg
@@ -42,12 +41,40 @@ def connect(
     dbname: str | None = None,
     autocommit: bool = False,
 ) -> psycopg.Connection:
-    """Open a connection to `ep` (or another database on its server)."""
+    """Open a connection to `ep` (or another database on its server).
+
+    A failure raises `error_cls` naming the service (or server), the database and the user,
+    with a hint for the usual causes (password, unreachable server, pg_hba.conf, missing
+    database or role). libpq's messages never contain the password.
+    """
     try:
         return psycopg.connect(ep.conninfo(dbname), autocommit=autocommit, connect_timeout=30)
     except psycopg.Error as exc:
-        where = f"{ep.host}:{ep.port}/{dbname if dbname is not None else ep.dbname}"
-        raise error_cls(f"cannot connect to {where}: {first_line(exc)}") from None
+        db = dbname if dbname is not None else ep.dbname
+        line = first_line(exc)
+        raise error_cls(f"cannot connect to {ep.label(db)}: {line}", hint=connect_hint(ep, db, line)) from None
+
+
+def connect_hint(ep: Endpoint, dbname: str, line: str) -> str | None:
+    """A hint for a libpq connection error `line` (see `connect`)."""
+    low = line.lower()
+    host = ep.host if not ep.host.startswith("/") else "localhost"
+    if "password" in low and ("authentication failed" in low or "no password" in low or "supplied" in low):
+        return (f"put the password in ~/.pgpass (mode 0600) as `{host}:{ep.port}:*:{ep.user}:PASSWORD` "
+                "(`*`: snapdb also connects to the maintenance and temporary databases), or use "
+                "PGPASSWORD or a pg_service.conf entry; snapdb never takes passwords itself")
+    if "pg_hba.conf" in low:
+        return f"the server refuses this client: add a pg_hba.conf line for user {ep.user} from this host, then reload it"
+    if "does not exist" in low and "database" in low:
+        return f"check the database name in snapdb.toml (or the URL); list them with: psql -h {host} -p {ep.port} -l"
+    if "role" in low and "does not exist" in low:
+        return f"create role {ep.user} on that server, or fix the user in snapdb.toml (or the URL)"
+    if "permission denied for database" in low or "not permitted to log in" in low:
+        return f"the role needs LOGIN and CONNECT on database {dbname!r}: GRANT CONNECT ON DATABASE ... TO {ep.user}"
+    if any(k in low for k in ("connection refused", "could not connect", "timeout expired", "no route",
+                              "could not translate host name", "name or service not known", "is the server running")):
+        return f"is PostgreSQL running and reachable at {ep.host}:{ep.port}? (listen_addresses, firewall, the port in snapdb.toml)"
+    return None
 
 
 def first_line(exc: BaseException) -> str:
@@ -104,6 +131,7 @@ class TableRef:
     name: str
     columns: list[str]
     bytes: int = 0
+    load_via: tuple[str, str] | None = None  # partition root to load through (see relations)
 
     @property
     def ident(self) -> sql.Composable:
@@ -117,42 +145,6 @@ class TableRef:
         return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
 
 
-_TABLES_SQL = """
-SELECT n.nspname, c.relname,
-       coalesce(array_agg(a.attname ORDER BY a.attnum)
-                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-                '{}') AS cols,
-       pg_catalog.pg_relation_size(c.oid) AS bytes
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
-WHERE c.relkind = 'r'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'snapdb')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-  AND c.relpersistence <> 't'
-  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-                    AND d.deptype = 'e')
-  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                  WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = n.oid
-                    AND d.deptype = 'e')
-GROUP BY n.nspname, c.relname, c.oid
-ORDER BY bytes DESC, n.nspname, c.relname
-"""
-
-
-def list_tables(conn: psycopg.Connection) -> list[TableRef]:
-    """Return the user tables whose data snapdb copies, largest first.
-
-    Excluded: catalogs, temporary tables, extension members (pg_dump handles extension
-    configuration tables itself) and snapdb's own schema `SNAPDB_SCHEMA`, whose history rows
-    travel in pg_dump's data section and differ by design between a source and its restored copy.
-    Partitions are included (their parents hold no rows).
-    """
-    rows = conn.execute(_TABLES_SQL).fetchall()
-    return [TableRef(r[0], r[1], list(r[2]), int(r[3])) for r in rows]
-
-
 @dataclass
 class SequenceValue:
     schema: str
@@ -161,17 +153,19 @@ class SequenceValue:
     is_called: bool
 
 
-def read_sequences(conn: psycopg.Connection) -> list[SequenceValue]:
+def read_sequences(conn: psycopg.Connection, skip_unlogged: bool = False) -> list[SequenceValue]:
     """Return every non-extension sequence's state (outside `SNAPDB_SCHEMA`), as seen by the
-    current transaction."""
+    current transaction; without the unlogged ones with `skip_unlogged` (a hot standby cannot
+    read them)."""
     names = conn.execute(
         """SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'snapdb')
+             AND c.relpersistence <> 't' AND (NOT %s OR c.relpersistence <> 'u')
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
                     AND d.deptype = 'e')
-           ORDER BY 1, 2"""
+           ORDER BY 1, 2""", (skip_unlogged,)
     ).fetchall()
     out = []
     for schema, name in names:
@@ -225,11 +219,6 @@ def control_session(ep: Endpoint, error_cls: type[SnapdbError], dbname: str | No
     return conn
 
 
-def try_advisory_lock(conn: psycopg.Connection, space: int, name: str) -> bool:
-    """Take the session advisory lock (`space`, 32-bit hash of `name`) if it is free."""
-    key = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big", signed=True)
-    return bool(conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (space, key)).fetchone()[0])
-
 
 def keep_session_alive(conn: psycopg.Connection) -> None:
     """Disable the timeouts that would end a long-idle control session (and its advisory lock)."""
@@ -246,7 +235,12 @@ def large_object_count(conn: psycopg.Connection) -> int:
 
 @dataclass
 class DatabaseProps:
-    """Database-level properties that pg_dump (without --create) does not carry."""
+    """Database-level properties that pg_dump (without --create) does not carry.
+
+    `locale_provider` is ``c`` (libc), ``i`` (ICU) or ``b`` (builtin, PostgreSQL 17+);
+    `icu_locale` is the ICU or builtin locale (``daticulocale`` up to 16, ``datlocale`` from 17),
+    `icu_rules` the ICU tailoring rules (16+).
+    """
 
     encoding: str
     collate: str
@@ -259,26 +253,39 @@ class DatabaseProps:
     acl: list[dict] | None = None  # None: default privileges
     settings: list[str] = field(default_factory=list)  # "name=value" as in pg_db_role_setting
     role_settings: dict[str, list[str]] = field(default_factory=dict)
+    icu_rules: str | None = None
+
+
+def _locale_columns(version: int) -> str:
+    """The locale provider, locale and rules columns of pg_database for a server `version`."""
+    if version >= 170000:
+        return "d.datlocprovider::text, d.datlocale, d.daticurules"
+    if version >= 160000:
+        return "d.datlocprovider::text, d.daticulocale, d.daticurules"
+    if version >= 150000:
+        return "d.datlocprovider::text, d.daticulocale, NULL::text"
+    return "'c'::text, NULL::text, NULL::text"
 
 
 def read_database_props(conn: psycopg.Connection, dbname: str) -> DatabaseProps:
-    """Read `dbname`'s properties from the shared catalogs."""
+    """Read `dbname`'s properties from the shared catalogs (any server version from 13)."""
     row = conn.execute(
-        """SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
-                  d.datlocprovider::text, d.daticulocale, pg_catalog.pg_get_userbyid(d.datdba),
+        sql.SQL("""SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+                  {}, pg_catalog.pg_get_userbyid(d.datdba),
                   pg_catalog.shobj_description(d.oid, 'pg_database'), d.datconnlimit,
                   d.datacl IS NULL, d.oid
-           FROM pg_catalog.pg_database d WHERE d.datname = %s""",
+           FROM pg_catalog.pg_database d WHERE d.datname = %s""").format(
+            sql.SQL(_locale_columns(conn.info.server_version))),
         (dbname,),
     ).fetchone()
     if row is None:
         raise SnapdbError(f"database {dbname!r} not found")
     props = DatabaseProps(
         encoding=row[0], collate=row[1], ctype=row[2], locale_provider=row[3],
-        icu_locale=row[4], owner=row[5], comment=row[6], connection_limit=row[7],
+        icu_locale=row[4], icu_rules=row[5], owner=row[6], comment=row[7], connection_limit=row[8],
     )
-    oid = row[9]
-    if not row[8]:
+    oid = row[10]
+    if not row[9]:
         props.acl = [
             {"grantee": g, "privilege": p, "grantable": bool(gr)}
             for g, p, gr in conn.execute(
@@ -313,8 +320,12 @@ _LIST_QUOTE_GUCS = {
 
 
 def _split_guc_list(value: str) -> list[str]:
-    """Split a GUC list value such as ``"$user", public`` into its elements."""
-    out, cur, i, quoted = [], "", 0, False
+    """Split a GUC list value such as ``"$user", public`` into its elements.
+
+    PostgreSQL stores each element of these lists as a quoted identifier when needed, so an
+    empty element (``SET search_path = ''``) is stored as ``""`` and must stay one element.
+    """
+    out, cur, i, quoted, token = [], "", 0, False, False
     while i < len(value):
         ch = value[i]
         if quoted:
@@ -326,23 +337,26 @@ def _split_guc_list(value: str) -> list[str]:
             else:
                 cur += ch
         elif ch == '"':
-            quoted = True
+            quoted = token = True
         elif ch == ",":
             out.append(cur.strip())
-            cur = ""
+            cur, token = "", False
         else:
             cur += ch
+            token = token or not ch.isspace()
         i += 1
-    if cur.strip() or out:
+    if token or out:
         out.append(cur.strip())
     return out
 
 
 def setting_clause(item: str) -> sql.Composable:
-    """Turn a ``name=value`` entry of pg_db_role_setting into ``SET name = value`` SQL."""
+    """Turn a ``name=value`` entry of pg_db_role_setting into ``SET name = value`` SQL that
+    stores exactly the same entry again (empty lists included)."""
     name, _, value = item.partition("=")
     if name.lower() in _LIST_QUOTE_GUCS:
-        values = sql.SQL(", ").join(sql.Literal(v) for v in _split_guc_list(value))
+        elements = _split_guc_list(value)
+        values = sql.SQL(", ").join(sql.Literal(v) for v in elements) if elements else sql.Literal("")
     else:
         values = sql.Literal(value)
     return sql.SQL("SET {} = {}").format(sql.Identifier(name), values)
@@ -408,17 +422,45 @@ def system_identifier(conn: psycopg.Connection) -> str | None:
         return None
 
 
-def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps) -> None:
-    """Create an empty database with the encoding and locale of `props` (autocommit conn)."""
+_PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
+
+
+def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps, owner: str | None = None) -> int:
+    """Create an empty database with the encoding and locale of `props`, owned by `owner` (the
+    connected role when None); return its OID (autocommit conn).
+
+    The locale provider is always stated: left out, the server would take template0's, so a
+    libc database restored onto a server whose template0 uses ICU would silently sort otherwise.
+    Servers before 15 know only libc.
+    """
     parts = [
         sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(
             sql.Identifier(dbname), sql.Literal(props.encoding)
         ),
         sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(props.collate), sql.Literal(props.ctype)),
     ]
-    if props.locale_provider == "i":
-        parts.append(sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(props.icu_locale or "")))
+    if owner:
+        parts.append(sql.SQL(" OWNER {}").format(sql.Identifier(owner)))
+    version = conn.info.server_version
+    provider = props.locale_provider or "c"
+    if version >= 150000:
+        parts.append(sql.SQL(" LOCALE_PROVIDER {}").format(sql.SQL(_PROVIDERS[provider])))
+        if provider == "i":
+            parts.append(sql.SQL(" ICU_LOCALE {}").format(sql.Literal(props.icu_locale or "")))
+            if props.icu_rules:
+                parts.append(sql.SQL(" ICU_RULES {}").format(sql.Literal(props.icu_rules)))
+        elif provider == "b":
+            parts.append(sql.SQL(" BUILTIN_LOCALE {}").format(sql.Literal(props.icu_locale or "C")))
+    elif provider != "c":
+        raise SnapdbError(f"the server (PostgreSQL {version_string(version)}) has no locale provider "
+                          f"{_PROVIDERS.get(provider, provider)!r}, which the snapshot's database uses")
     conn.execute(sql.Composed(parts))
+    return database_oid(conn, dbname)
+
+
+def database_oid(conn: psycopg.Connection, dbname: str) -> int | None:
+    row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (dbname,)).fetchone()
+    return int(row[0]) if row else None
 
 
 def drop_database(conn: psycopg.Connection, dbname: str) -> None:

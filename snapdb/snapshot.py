@@ -2,9 +2,12 @@
 
 Pipeline (each step safe to interrupt; nothing is visible until the manifest is written):
 
-1. Open a REPEATABLE READ, READ ONLY transaction on the source, lock every user table in ACCESS
-   SHARE mode, export its snapshot, and read the catalog (tables, sequences, large objects,
-   database-level properties) inside it.
+1. Open a REPEATABLE READ, READ ONLY transaction on the source whose first statements lock every
+   user table in ACCESS SHARE mode, so that its snapshot is fixed only once every lock is held
+   (`relations.lock_tables`: one committed state, schema and data alike); export the snapshot
+   and read the catalog (tables, sequences, large objects, database-level properties) inside
+   it. On a hot standby the rows of unlogged tables cannot be read: they are skipped, and the
+   manifest and the result say so.
 2. In parallel: ``pg_dump -Fc -Z0 --snapshot=<id>`` dumps everything except the rows of the
    tables snapdb copies itself and the values of the sequences it recorded (schema, large
    objects, materialized-view refreshes, extension configuration data). Sequence values are read
@@ -27,19 +30,18 @@ import threading
 from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
-from . import faults, manifest as mf, pgtools
+from . import faults, manifest as mf, pgtools, relations
 from .compression import READ_CHUNK, ZstdSink, digest
 from .config import Endpoint
 from .errors import IntegrityError, SourceError
 from .postgres import (
-    TableRef, first_line, large_object_count, list_tables, open_data_session,
+    TableRef, first_line, large_object_count, open_data_session,
     read_database_props, read_sequences, system_identifier, version_string,
 )
 from .progress import NULL, Reporter
 from .store import Store
-from .tabledata import ZERO, add_checksums, plan_parts
+from .tabledata import CHECKSUM, ZERO, add_checksums, plan_parts
 from .workers import Session, WorkerPool, dump_part
 
 log = logging.getLogger(__name__)
@@ -83,25 +85,34 @@ def _take(source, store, snap_id, created_at, jobs, label, release_probe, report
 def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter) -> mf.Manifest:
     reporter.phase("reading catalog")
     main = open_data_session(source, SourceError)
+    warnings: list[str] = []
     try:
         try:
-            dbname = main.execute("SELECT current_database()").fetchone()[0]
-            tables = list_tables(main)
-            for i in range(0, len(tables), 200):
-                main.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                        sql.SQL(", ").join(t.ident for t in tables[i:i + 200])
-                    )
-                )
+            main.autocommit = True  # outside the snapshot transaction, which must start with its locks
+            dbname, standby = main.execute("SELECT current_database(), pg_catalog.pg_is_in_recovery()").fetchone()
+            subscriptions = _subscriptions(main)
+            main.autocommit = False
+            relations.lock_tables(main, checkpoint=faults.checkpoint)
             exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
+            tables, unlogged = relations.list_tables(main, skip_unlogged=standby)
             props = read_database_props(main, dbname)
-            sequences = read_sequences(main)
+            sequences = read_sequences(main, skip_unlogged=standby)
             lo_count = large_object_count(main)
             version_num = main.info.server_version
             sysid = system_identifier(main)
             release = release_probe(main) if release_probe else None
         except psycopg.Error as exc:
             raise SourceError(f"reading the source catalog failed: {first_line(exc)}") from None
+        except relations.TablesChanging as exc:
+            raise SourceError(str(exc), hint="take the snapshot again when the schema changes have finished") from None
+        skipped = [{"schema": t.schema, "name": t.name, "reason": "unlogged table on a hot standby"} for t in unlogged]
+        if unlogged:
+            warnings.append(f"the rows of {len(unlogged)} unlogged table(s) were not copied: a hot standby cannot "
+                            f"read them ({', '.join(t.qualname for t in unlogged[:5])}{' …' if len(unlogged) > 5 else ''}); "
+                            "a restore creates them empty")
+        if subscriptions:
+            warnings.append(f"subscription(s) {', '.join(subscriptions)} were not copied: a copy must not consume "
+                            "its source's replication slots")
         faults.checkpoint("snapshot:catalog-read")
         pg_dump = pgtools.find_tool("pg_dump", version_num // 10000)
         dump_version = "%d.%d" % pgtools.tool_version(pg_dump)
@@ -111,10 +122,11 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         try:
             dump_path = workdir / "schema.dump"
             dump_err: list[BaseException] = []
-            argv = [pg_dump, "-Fc", "-Z0", "--no-sync", f"--snapshot={exported}", "-f", str(dump_path)]
+            argv = [pg_dump, "-Fc", "-Z0", "--no-sync", "--no-subscriptions", f"--snapshot={exported}",
+                    "-f", str(dump_path)]
             # rows of copied tables, and sequence values: sequences are not transactional, so
             # pg_dump's later reading could differ from the manifest's; restore sets them itself
-            argv += [f"--exclude-table-data={_pattern(t.schema, t.name)}" for t in tables]
+            argv += [f"--exclude-table-data={_pattern(t.schema, t.name)}" for t in tables + unlogged]
             argv += [f"--exclude-table-data={_pattern(q.schema, q.name)}" for q in sequences]
             argv += pgtools.conninfo_arg(source.conninfo())
 
@@ -169,6 +181,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             "port": source.port,
             "dbname": dbname,
             "system_identifier": sysid,
+            "in_recovery": bool(standby),
         },
         pg_dump_version=dump_version,
         database=props,
@@ -178,9 +191,19 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         sequences=sequences,
         large_objects=lo_count,
         release=release,
+        checksum=CHECKSUM,
+        skipped=skipped,
+        warnings=warnings,
     )
     mf.write_manifest(store, manifest)
     return manifest
+
+
+def _subscriptions(conn: psycopg.Connection) -> list[str]:
+    """Names of the subscriptions of the connected database (pg_dump skips them, see above)."""
+    return [r[0] for r in conn.execute(
+        """SELECT s.subname FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid
+           WHERE d.datname = pg_catalog.current_database() ORDER BY 1""").fetchall()]
 
 
 def _pattern(schema: str, name: str) -> str:
@@ -218,7 +241,8 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
         for _, r in parts:
             checksum = add_checksums(checksum, r[1])
         entry = mf.TableEntry(t.schema, t.name, t.columns, rows, checksum,
-                              [{"file": path, "rows": r[0], "checksum": r[1]} for path, r in parts])
+                              [{"file": path, "rows": r[0], "checksum": r[1]} for path, r in parts],
+                              load_via=list(t.load_via) if t.load_via else None)
         entries.append((entry, [r[2] for _, r in parts]))
     reporter.done()
     return entries

@@ -1,14 +1,21 @@
 """Table rows as COPY text streams: read (whole tables or page ranges) with a content checksum,
 and load back.
 
-Content checksum: for every COPY text row ``r`` (its bytes without the terminating newline)
-take the 64-bit value ``crc32(r) | adler32(r) << 32`` (zlib's CRC-32 and Adler-32); the checksum
-is the sum of these values modulo 2**64, written as 16 hex digits. A sum does not depend on row
-order, counts duplicate rows, and the checksums of a table's parts add up to the table's. It is
-computed the same way when a snapshot is taken, when a restore is verified and by ``snapdb verify
---against``. It detects damage and divergence; it is not a cryptographic digest (the stored files
-carry sha256). Rows are split on newlines, which COPY text never leaves unescaped inside a value,
-so the per-row work runs in C (``bytes.split``, ``map``, ``sum``). Sessions must use
+Content checksum (`CHECKSUM`, ``xxh3-64-sum``, snapshot format 2): for every COPY text row ``r``
+(its bytes without the terminating newline) take XXH3's 64-bit hash of ``r`` (seed 0); the
+checksum is the sum of these values modulo 2**64, written as 16 hex digits. A sum does not depend
+on row order, counts duplicate rows, and the checksums of a table's parts add up to the table's.
+Each row's hash is well mixed, so an edit that keeps the row count (two rows swapping values,
+say) changes the sum except with probability about 2**-64. It is computed the same way when a
+snapshot is taken, when a restore is verified and by ``snapdb verify --against``. It detects
+damage and divergence; it is not a cryptographic digest (the stored files carry sha256).
+
+Format-1 snapshots used ``crc32-adler32-sum`` (``crc32(r) | adler32(r) << 32`` summed): both parts
+are nearly linear, so two rows swapping equal-length values cancel out about once in 13,000
+swaps. It is kept only to verify those snapshots (`ALGORITHMS`).
+
+Rows are split on newlines, which COPY text never leaves unescaped inside a value, so the
+per-row work runs in C (``bytes.split``, ``map``, ``sum``). Sessions must use
 `postgres.DATA_SESSION_SETTINGS` so both sides print values alike.
 
 Page ranges: a large table is split into parts by ``ctid`` page ranges (TID range scans,
@@ -19,6 +26,8 @@ part of a table is open-ended.
 from __future__ import annotations
 
 import zlib
+
+import xxhash
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -98,12 +107,35 @@ def add_checksums(a: str, b: str) -> str:
 ZERO = f"{0:016x}"
 
 
+def _sum_xxh3(lines: list[bytes]) -> int:
+    return sum(map(xxhash.xxh3_64_intdigest, lines))
+
+
+def _sum_crc32_adler32(lines: list[bytes]) -> int:
+    return sum(map(zlib.crc32, lines)) + (sum(map(zlib.adler32, lines)) << 32)
+
+
+#: checksum algorithm name -> per-row sum over a list of rows (see module docstring)
+ALGORITHMS: dict[str, Callable[[list[bytes]], int]] = {
+    "xxh3-64-sum": _sum_xxh3,
+    "crc32-adler32-sum": _sum_crc32_adler32,
+}
+CHECKSUM = "xxh3-64-sum"
+LEGACY_CHECKSUM = "crc32-adler32-sum"
+
+
+def checksum_rows(rows: list[bytes], algorithm: str = CHECKSUM) -> str:
+    """The checksum of `rows` (COPY text lines without their newline), as 16 hex digits."""
+    return f"{ALGORITHMS[algorithm](rows) & _MASK:016x}"
+
+
 def read_table(
     conn: psycopg.Connection,
     table: TableRef,
     sink: Writer | None = None,
     on_bytes: Callable[[int], None] | None = None,
     pages: PageRange | None = None,
+    algorithm: str = CHECKSUM,
 ) -> tuple[int, str]:
     """Stream `table`'s rows (or one page range) into `sink` if given; return (rows, checksum).
 
@@ -116,7 +148,8 @@ def read_table(
     if res is None or res.status != pq.ExecStatus.COPY_OUT:
         _drain(pgconn)
         raise _error(res, pgconn)
-    totals = [0, 0, 0]  # rows, sum of crc32, sum of adler32
+    summer = ALGORITHMS[algorithm]
+    totals = [0, 0]  # rows, sum of row hashes
     buf = bytearray()
     get = pgconn.get_copy_data
     while True:
@@ -125,37 +158,37 @@ def read_table(
             break
         buf += row
         if len(buf) >= _WRITE_BATCH:
-            _flush(buf, totals, sink, on_bytes)
+            _flush(buf, totals, summer, sink, on_bytes)
             buf = bytearray()
     final = pgconn.get_result()
     _drain(pgconn)
     if nbytes == -2 or final is None or final.status != pq.ExecStatus.COMMAND_OK:
         raise _error(final, pgconn)
     if buf:
-        _flush(buf, totals, sink, on_bytes)
+        _flush(buf, totals, summer, sink, on_bytes)
     return _format(totals)
 
 
-def _flush(buf: bytearray, totals: list[int], sink: Writer | None, on_bytes: Callable[[int], None] | None) -> None:
+def _flush(buf: bytearray, totals: list[int], summer: Callable[[list[bytes]], int], sink: Writer | None,
+           on_bytes: Callable[[int], None] | None) -> None:
     """Checksum a buffer of whole rows, then pass it on."""
-    _sum_rows(buf, totals)
+    _sum_rows(buf, totals, summer)
     if sink is not None:
         sink.write(buf)
     if on_bytes is not None:
         on_bytes(len(buf))
 
 
-def _sum_rows(data: bytes | bytearray, totals: list[int]) -> None:
-    """Add whole newline-terminated rows to (rows, crc32 sum, adler32 sum) with C-level loops."""
+def _sum_rows(data: bytes | bytearray, totals: list[int], summer: Callable[[list[bytes]], int]) -> None:
+    """Add whole newline-terminated rows to (rows, hash sum) with C-level loops."""
     lines = data.split(b"\n")
     lines.pop()  # the data ends with a newline: the last piece is empty
     totals[0] += len(lines)
-    totals[1] += sum(map(zlib.crc32, lines))
-    totals[2] += sum(map(zlib.adler32, lines))
+    totals[1] += summer(lines)
 
 
 def _format(totals: list[int]) -> tuple[int, str]:
-    return totals[0], f"{(totals[1] + (totals[2] << 32)) & _MASK:016x}"
+    return totals[0], f"{totals[1] & _MASK:016x}"
 
 
 def _drain(pgconn) -> None:

@@ -15,7 +15,8 @@ import psycopg
 from . import manifest as mf
 from .config import Endpoint
 from .errors import SnapdbError
-from .postgres import first_line, open_data_session, large_object_count, list_tables, read_sequences
+from .postgres import first_line, open_data_session, large_object_count, read_sequences
+from .relations import list_tables
 from .progress import NULL, Reporter
 from .store import Store
 from .tabledata import ZERO, add_checksums, plan_parts
@@ -71,6 +72,7 @@ def verify_database(
     pool: WorkerPool | None = None,
     analyze: bool = False,
     read_tables: bool = True,
+    expected_oid: int | None = None,
 ) -> list[Mismatch]:
     """Compare database `dbname` (default: `ep`'s) with `manifest`; return the differences.
 
@@ -78,6 +80,10 @@ def verify_database(
     large tables are read in page-range parts by the worker processes. With `analyze`, one worker
     runs ANALYZE on the database meanwhile. Without `read_tables` only the catalog is compared
     (tables present, sequences, large objects); the caller has checked the rows otherwise.
+    Tables loaded through a partition root (`TableEntry.load_via`) are compared as one group per
+    root; tables the snapshot skipped (`Manifest.skipped`) only need to exist. With
+    `expected_oid`, the database must be the one with that OID (a restore verifies its own build,
+    not a database that took its name).
     """
     encoding = manifest.database.encoding
     out: list[Mismatch] = []
@@ -92,16 +98,19 @@ def verify_database(
     try:
         try:
             exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
-            live = {(t.schema, t.name): t for t in list_tables(main)}
+            oid = main.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()").fetchone()[0]
+            live = {(t.schema, t.name): t for t in list_tables(main)[0]}
             seqs = {(s.schema, s.name): s for s in read_sequences(main)}
             lo = large_object_count(main)
             version = main.info.server_version
         except psycopg.Error as exc:
             raise error_cls(f"reading the database catalog failed: {first_line(exc)}") from None
+        if expected_oid is not None and oid != expected_oid:
+            return [Mismatch("database", dbname or ep.dbname, f"OID {expected_oid} (this run's build)", f"OID {oid}")]
         session = Session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=exported)
         try:
             todo = manifest.tables if read_tables else []
-            out += _compare_tables(pool, session, todo, live, jobs, version, reporter, analyze)
+            out += _compare_tables(pool, session, todo, live, jobs, version, reporter, analyze, manifest.checksum)
         finally:
             if own_pool:
                 pool.close()
@@ -109,9 +118,12 @@ def verify_database(
         main.close()
 
     expected = {(t.schema, t.name): t for t in manifest.tables}
+    skipped = {(t["schema"], t["name"]) for t in manifest.skipped}
     for k in sorted(set(expected) - set(live)):
         out.append(Mismatch("table", ".".join(k), f"{expected[k].rows} rows", "missing"))
-    for k in sorted(set(live) - set(expected)):
+    for k in sorted(skipped - set(live)):
+        out.append(Mismatch("table", ".".join(k), "present (rows not in the snapshot)", "missing"))
+    for k in sorted(set(live) - set(expected) - skipped):
         out.append(Mismatch("table", ".".join(k), "absent", "present"))
     for s in manifest.sequences:
         got = seqs.get((s.schema, s.name))
@@ -125,8 +137,9 @@ def verify_database(
     return out
 
 
-def _compare_tables(pool, session, tables, live, jobs, version, reporter, analyze) -> list[Mismatch]:
-    """Checksum every one of `tables` present in `live` (large ones in parts) and compare."""
+def _compare_tables(pool, session, tables, live, jobs, version, reporter, analyze, algorithm) -> list[Mismatch]:
+    """Checksum every one of `tables` present in `live` (large ones in parts) and compare,
+    table by table, or group by group for tables loaded through a partition root."""
     todo = [t for t in tables if (t.schema, t.name) in live]
     reporter.phase("verifying tables", total_bytes=sum(live[(t.schema, t.name)].bytes for t in todo) or None,
                    total_items=len(todo))
@@ -138,21 +151,28 @@ def _compare_tables(pool, session, tables, live, jobs, version, reporter, analyz
     for i, t in enumerate(todo):
         ranges = plan_parts(live[(t.schema, t.name)], jobs, version)
         for pages in ranges:
-            tasks.append(("read", session, t.ref(), pages))
+            tasks.append(("read", session, t.ref(), pages, algorithm))
             owners.append(i)
             weights.append(live[(t.schema, t.name)].bytes // len(ranges))
     results = pool.run_items(_dispatch, tasks, weights)
-    out = []
+    found: dict[tuple[str, str], list] = {}
+    want: dict[tuple[str, str], list] = {}
     for i, t in enumerate(todo):
-        rows, checksum = 0, ZERO
+        f = found.setdefault(t.group(), [0, ZERO])
+        w = want.setdefault(t.group(), [0, ZERO])
+        w[0], w[1] = w[0] + t.rows, add_checksums(w[1], t.checksum)
         for k, owner in enumerate(owners):
             if owner == i:
-                rows += results[k][0]
-                checksum = add_checksums(checksum, results[k][1])
-        if rows != t.rows:
-            out.append(Mismatch("table", f"{t.schema}.{t.name}", f"{t.rows} rows", f"{rows} rows"))
-        elif checksum != t.checksum:
-            out.append(Mismatch("table", f"{t.schema}.{t.name}", f"checksum {t.checksum}", f"checksum {checksum}"))
+                f[0] += results[k][0]
+                f[1] = add_checksums(f[1], results[k][1])
+    grouped = {t.group() for t in todo if t.load_via}
+    out = []
+    for g, (rows, checksum) in want.items():
+        name = ".".join(g) + (" (all partitions)" if g in grouped else "")
+        if found[g][0] != rows:
+            out.append(Mismatch("table", name, f"{rows} rows", f"{found[g][0]} rows"))
+        elif found[g][1] != checksum:
+            out.append(Mismatch("table", name, f"checksum {checksum}", f"checksum {found[g][1]}"))
     reporter.done()
     return out
 

@@ -30,7 +30,7 @@ from .postgres import TableRef, apply_data_settings, connect, first_line, open_d
 from .pgtools import die_with_parent
 from .progress import Reporter
 from .store import Store
-from .tabledata import PageRange, load_table, read_table
+from .tabledata import CHECKSUM, PageRange, load_table, read_table
 
 _progress = None  # shared byte counter (multiprocessing.Value)
 _stop = None  # shared "a task failed" flag (multiprocessing.Event)
@@ -114,9 +114,10 @@ def dump_part(s: Session, store: Store, key: str, path: str, table: TableRef, pa
     return _guard(s, f"copying {table.qualname}", run)
 
 
-def checksum_part(s: Session, table: TableRef, pages: PageRange | None) -> tuple[int, str]:
-    """Return (rows, checksum) of one table part."""
-    return _guard(s, f"reading {table.qualname}", lambda: read_table(_session(s), table, on_bytes=_tick, pages=pages))
+def checksum_part(s: Session, table: TableRef, pages: PageRange | None, algorithm: str = CHECKSUM) -> tuple[int, str]:
+    """Return (rows, checksum) of one table part, with checksum `algorithm` (tabledata.ALGORITHMS)."""
+    return _guard(s, f"reading {table.qualname}",
+                  lambda: read_table(_session(s), table, on_bytes=_tick, pages=pages, algorithm=algorithm))
 
 
 def load_part(s: Session, store: Store, key: str, table: TableRef) -> int:

@@ -6,7 +6,6 @@ A real ENOSPC comes from small tmpfs mounts, which needs root (the suite runs as
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 

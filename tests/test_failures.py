@@ -141,7 +141,7 @@ def test_concurrent_restores_one_wins(pg, scenario, tmp_path):
         _wait_for(faults / f"{step}.reached", first)
         second = run_cli("--config", s["cfg"], "restore", "--into", "dev")
         assert second.returncode == BusyError.exit_code, second.stderr
-        assert "another snapdb run is restoring into" in second.stderr
+        assert "another snapdb restore" in second.stderr and "holds the lock of" in second.stderr
         assert_target_unchanged(pg, s)  # the loser changed nothing
         (faults / f"{step}.go").touch()
         out, err = first.communicate(timeout=120)

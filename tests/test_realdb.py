@@ -40,7 +40,7 @@ def test_realdb_roundtrip(pg, tmp_path, store, case):
     cfg = load_config(write_config(tmp_path / "snapdb.toml", store, {"prod": (pg.url(src), "production")}))
     info = commands.snapshot(cfg, "prod", jobs=2)
     target = f"{src}-dev"
-    res = commands.restore(cfg, into=target, from_="prod", jobs=2)
+    res = commands.restore(cfg, into=target, from_="prod", server="prod", jobs=2)
     assert res.snapshot_id == info.id
     reference = baseline_copy(pg, src, f"{src}_plain") if case in REWRITTEN_ON_RELOAD else None
     assert_same_database(pg, src, target, schema_reference=reference)

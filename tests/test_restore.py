@@ -43,7 +43,7 @@ def test_roundtrip_sample_database(pg, tmp_path, store, dbname):
     assert info.source == "src" and info.tables >= 6 and info.rows > 2000
 
     target = dbname + "-dev"
-    res = commands.restore(cfg, into=target, from_="src")
+    res = commands.restore(cfg, into=target, from_="src", server="src")
     assert res.target == target and res.previous is None
     assert_same_database(pg, dbname, target)
     with pg.connect() as conn:
@@ -106,7 +106,7 @@ def test_refuses_production_and_own_source(pg, tmp_path, store, dbname):
     with pytest.raises(RefusedError, match="own source"):
         commands.restore(cfg, into="src")
     with pytest.raises(RefusedError, match="own source"):
-        commands.restore(cfg, into=dbname)  # bare name on the source's server
+        commands.restore(cfg, into=dbname, server="src")  # bare name on the source's server
     with pg.connect(other) as conn:
         assert conn.execute("SELECT to_regclass('keep_me') IS NOT NULL").fetchone()[0]
     # through the real CLI: one error line, a hint, the documented exit code

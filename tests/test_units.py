@@ -33,7 +33,7 @@ def test_config_services_and_store(tmp_path, monkeypatch):
     prod = cfg.endpoint("prod")
     assert (prod.dbname, prod.user, prod.role, prod.source_name) == ("service0", "app", "production", "prod")
     url = cfg.endpoint("postgresql://u@h:5433/other%2Ddb")
-    assert (url.dbname, url.port, url.name, url.source_name) == ("other-db", "5433", None, "other-db")
+    assert (url.dbname, url.port, url.name, url.source_name) == ("other-db", "5433", None, "h:5433/other-db")
     monkeypatch.setenv("SNAPDB_CONFIG", str(p))
     assert set(load_config().services) == {"prod", "dev"}
 
@@ -156,6 +156,7 @@ def test_cli_runner_errors_and_help(tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli.app, ["--help"])
     assert r.exit_code == 0 and "restore" in r.output
+    (tmp_path / "empty").mkdir()
     r = runner.invoke(cli.app, ["snapshots", "--store", str(tmp_path / "empty"), "--json"])
     assert r.exit_code == 0 and r.output.strip() == "[]"
     r = runner.invoke(cli.app, ["--config", str(tmp_path / "missing.toml"), "snapshots"])

@@ -30,6 +30,10 @@ class Store(Protocol):
     - `delete(key)`: remove the object; idempotent (no error if absent).
     - `exists(key)`: whether the object is present.
     - `describe()`: a credential-free description for messages.
+    - `check()`: raise `StoreError` (with a hint) when the store cannot be read at all: a
+      missing directory or bucket, a path that is not a directory, no access. Commands that
+      read the store call it first, so a typo is an error, not an empty listing. Writing needs
+      no check: the first write creates what is missing.
     """
 
     def writer(self, key: str, sync: bool = True) -> AbstractContextManager[BinaryIO]: ...
@@ -40,6 +44,7 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def describe(self) -> str: ...
+    def check(self) -> None: ...
 
 
 def open_store(url: str) -> Store:

@@ -30,6 +30,15 @@ class LocalStore:
     def describe(self) -> str:
         return str(self.root)
 
+    def check(self) -> None:
+        if not self.root.exists():
+            raise StoreError(f"store not found: {self.root} does not exist",
+                             hint="check [store] url, SNAPDB_STORE or --store (a snapshot creates it)")
+        if not self.root.is_dir():
+            raise StoreError(f"store {self.root} is not a directory", hint="check [store] url, SNAPDB_STORE or --store")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StoreError(f"store {self.root} is not readable by this user")
+
     def _path(self, key: str) -> Path:
         parts = [p for p in key.split("/") if p]
         if not parts or any(p in (".", "..") for p in parts):

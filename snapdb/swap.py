@@ -1,0 +1,225 @@
+"""Swapping a verified build in by rename, and what the database being replaced carries.
+
+Contract:
+
+- `inspect(conn, dbname)` reads what a rename would break or change: prepared transactions
+  (a rename would wait for them forever), logical replication slots (dropped silently with the
+  old copy when it is dropped), subscriptions (the old copy would go on consuming, and a
+  database with subscriptions cannot be dropped), ``ALLOW_CONNECTIONS false`` (a new database
+  would come back connectable). `refuse_unsafe` turns these into one `RefusedError`.
+- `swap_in(conn, target, build, build_oid, ...)` renames `target` aside and `build` into place
+  in one transaction, proving inside that transaction that the database now called `target` is
+  the one with `build_oid` (the build this run made and verified): anything else rolls back.
+- `drop_copy(...)` drops a set-aside copy, first detaching and dropping its subscriptions
+  (which would otherwise make DROP DATABASE fail) and its logical slots, explicitly.
+- `rotate` drops previous copies beyond a count; `prev_copies` lists them, newest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import psycopg
+from psycopg import sql
+
+from . import manifest as mf, names
+from .config import Endpoint
+from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
+from .postgres import connect, database_exists, drop_database, first_line, list_databases, rename_database, terminate_sessions
+
+log = logging.getLogger(__name__)
+
+SWAP_ATTEMPTS = 5
+
+
+@dataclass
+class TargetState:
+    """What the existing target database carries (see `inspect`)."""
+
+    exists: bool
+    oid: int | None = None
+    prepared: list[str] = field(default_factory=list)
+    slots: list[str] = field(default_factory=list)
+    subscriptions: list[str] = field(default_factory=list)
+    allow_connections: bool = True
+
+
+def inspect(conn: psycopg.Connection, dbname: str) -> TargetState:
+    """Read `dbname`'s state from the shared catalogs (any database's session will do)."""
+    row = conn.execute("SELECT oid, datallowconn FROM pg_catalog.pg_database WHERE datname = %s", (dbname,)).fetchone()
+    if row is None:
+        return TargetState(exists=False)
+    oid = int(row[0])
+    st = TargetState(exists=True, oid=oid, allow_connections=bool(row[1]))
+    st.prepared = [r[0] for r in conn.execute(
+        "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = %s ORDER BY 1", (dbname,))]
+    st.slots = [r[0] for r in conn.execute(
+        "SELECT slot_name FROM pg_catalog.pg_replication_slots WHERE datoid = %s ORDER BY 1", (oid,))]
+    st.subscriptions = [r[0] for r in conn.execute(
+        "SELECT subname FROM pg_catalog.pg_subscription WHERE subdbid = %s ORDER BY 1", (oid,))]
+    return st
+
+
+def refuse_unsafe(st: TargetState, target: str, *, drop_slots: bool, detach_subscriptions: bool) -> None:
+    """Raise `RefusedError` when replacing the target would silently break something."""
+    if st.prepared:
+        raise RefusedError(
+            f"database {target!r} has {len(st.prepared)} prepared transaction(s) ({st.prepared[0]}); a rename would wait forever",
+            hint="COMMIT PREPARED or ROLLBACK PREPARED them first; nothing was changed",
+        )
+    if st.slots and not drop_slots:
+        raise RefusedError(
+            f"database {target!r} holds logical replication slot(s) {', '.join(st.slots)}: replacing it drops them, "
+            "and whatever consumes them loses its place",
+            hint="move the consumers elsewhere first, or pass --drop-slots to drop them with the old copy; nothing was changed",
+        )
+    if st.subscriptions and not detach_subscriptions:
+        raise RefusedError(
+            f"database {target!r} has subscription(s) {', '.join(st.subscriptions)}: the copy set aside would go on "
+            "consuming its publisher's slot",
+            hint="pass --detach-subscriptions to disable them in the copy set aside (the publisher keeps its slots), "
+                 "or drop them first; nothing was changed",
+        )
+
+
+def prev_copies(conn: psycopg.Connection, target: str) -> list[str]:
+    """The previous copies of `target` on the server, newest first."""
+    return sorted((d for d in list_databases(conn) if names.is_prev_of(target, d)), reverse=True)
+
+
+def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *,
+            keep_closed: bool = False, attempts: int = SWAP_ATTEMPTS) -> str | None:
+    """Rename `target` aside and `build` into place in one transaction; return the name the old
+    target got (None when there was none).
+
+    Inside the transaction, after the renames, the database now named `target` must have OID
+    `build_oid`, else the transaction rolls back and `IntegrityError` is raised: whatever took
+    the build's name is never swapped in. With `keep_closed` the new database refuses
+    connections like the one it replaces (``ALLOW_CONNECTIONS false``). Sessions connected to
+    the target are terminated; new ones racing in are retried `attempts` times.
+    """
+    existed = database_exists(conn, target)
+    prev = None
+    if existed:
+        taken = set(list_databases(conn))
+        when = mf.utcnow()
+        prev = names.prev_name(target, when)
+        while prev in taken:
+            when += timedelta(seconds=1)
+            prev = names.prev_name(target, when)
+    last: psycopg.Error | None = None
+    for attempt in range(attempts):
+        try:
+            with conn.transaction():
+                if existed:
+                    terminate_sessions(conn, target)
+                    rename_database(conn, target, prev)
+                rename_database(conn, build, target)
+                row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (target,)).fetchone()
+                if row is None or int(row[0]) != build_oid:
+                    raise _NotOurs(row[0] if row else None)
+                if keep_closed:
+                    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(target)))
+            return prev
+        except _NotOurs as exc:
+            raise IntegrityError(
+                f"refusing to swap in {build!r}: it is not the database this run built and verified "
+                f"(OID {exc.oid}, expected {build_oid})",
+                hint=f"another process replaced it; {target!r} is unchanged",
+            ) from None
+        except psycopg.errors.ObjectInUse as exc:  # a session raced in; terminate again
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise TargetError(
+                f"could not swap {target!r}: {first_line(exc)}",
+                hint="the restoring role must own the target (or be a member of its owner), have CREATEDB, and be "
+                     "allowed to end its sessions (GRANT pg_signal_backend TO the role); the target is unchanged",
+            ) from None
+    raise TargetError(
+        f"could not swap {target!r}: {first_line(last) if last else 'busy'}",
+        hint="sessions keep reconnecting to the target; the target is unchanged",
+    )
+
+
+class _NotOurs(Exception):
+    def __init__(self, oid) -> None:
+        super().__init__(oid)
+        self.oid = oid
+
+
+def drop_copy(conn: psycopg.Connection, server: Endpoint, dbname: str) -> list[str]:
+    """Drop the set-aside database `dbname`, its subscriptions and logical slots first, each
+    explicitly; return what was dropped besides the database (for the result)."""
+    st = inspect(conn, dbname)
+    if not st.exists:
+        return []
+    dropped = []
+    if st.subscriptions:
+        dropped += detach_subscriptions(server, dbname, drop=True)
+    for slot in st.slots:
+        conn.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (slot,))
+        dropped.append(f"replication slot {slot}")
+    drop_database(conn, dbname)
+    return dropped
+
+
+def detach_subscriptions(server: Endpoint, dbname: str, drop: bool = False) -> list[str]:
+    """Disable the subscriptions of database `dbname` and detach them from their publisher's
+    slot (``slot_name = NONE``: the publisher keeps the slot), dropping them when `drop`."""
+    done = []
+    try:
+        with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+            for (sub,) in conn.execute(
+                    "SELECT subname FROM pg_catalog.pg_subscription WHERE subdbid = "
+                    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())").fetchall():
+                ident = sql.Identifier(sub)
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+                if drop:
+                    conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+                done.append(f"subscription {sub}")
+    except psycopg.Error as exc:
+        raise TargetError(f"detaching the subscriptions of {dbname!r} failed: {first_line(exc)}") from None
+    return done
+
+
+def rotate(conn: psycopg.Connection, server: Endpoint, target: str, keep: int) -> tuple[list[str], list[str]]:
+    """Drop previous copies of `target` beyond the newest `keep`; return (kept, dropped)."""
+    prevs = prev_copies(conn, target)
+    kept, dropped = prevs[:max(keep, 0)], prevs[max(keep, 0):]
+    for d in dropped:
+        drop_copy(conn, server, d)
+    return kept, dropped
+
+
+def drop_build_quietly(conn: psycopg.Connection | None, server: Endpoint, maintenance_db: str, build: str,
+                       lock_name: str, build_oid: int | None) -> None:
+    """Drop the temporary build after a failure (only the one with `build_oid`, when known);
+    reconnect once if the session was lost, and then only while holding the lock again."""
+    from . import locks
+
+    def drop(c: psycopg.Connection) -> None:
+        if build_oid is not None:
+            row = c.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (build,)).fetchone()
+            if row is None or int(row[0]) != build_oid:
+                return  # not ours (or already gone)
+        drop_database(c, build)
+
+    try:
+        if conn is not None and not (conn.closed or conn.broken):
+            drop(conn)
+            return
+    except psycopg.Error:
+        pass
+    try:
+        with connect(server, TargetError, dbname=maintenance_db, autocommit=True) as fresh:
+            locks.acquire(fresh, lock_name, "cleanup", repr(lock_name))
+            drop(fresh)
+            return
+    except (psycopg.Error, SnapdbError):
+        pass
+    log.warning("could not drop %s; the next run will", build)
