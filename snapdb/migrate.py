@@ -216,8 +216,11 @@ class UpgradeSession:
         rec.error = f"revision {step.revision} ({step.file}) failed: {_error_text(exc)}"
         return MigrationError(
             f"{self.where}: {rec.error}",
-            hint=f"{self.where} stays at revision {reached or 'base (none)'}; "
-                 "fix the problem in a new revision and release, then upgrade again",
+            hint=f"{self.where} stays at revision {reached or 'base (none)'}: that revision rolled back and the "
+                 "ones after it did not run (its history records the failure). A released script never "
+                 "changes, so fix it in a new revision, record a new release (`snapdb release add TAG`), "
+                 "rehearse that on a fresh copy (`snapdb restore --into DEV --from SERVICE`, then `snapdb "
+                 "upgrade DEV --to TAG`) and upgrade again",
         )
 
     def _finish(self, rec: history.Record, store: Store, failure: SnapdbError | None) -> None:

@@ -28,10 +28,18 @@ def _start(name: str) -> Cluster:
         pytest.fail(f"cannot start a throwaway PostgreSQL cluster for the tests: {exc}", pytrace=False)
 
 
+def _logical(c: Cluster) -> Cluster:
+    """Let the cluster do logical replication (slots, subscriptions) and streaming replicas."""
+    c.psql("ALTER SYSTEM SET wal_level = logical")
+    c.restart()
+    return c
+
+
 @pytest.fixture(scope="session")
 def pg():
-    """The main throwaway cluster (superuser ``postgres``, trust auth on 127.0.0.1)."""
-    c = _start("test")
+    """The main throwaway cluster (superuser ``postgres``, trust auth on 127.0.0.1,
+    ``wal_level = logical``)."""
+    c = _logical(_start("test"))
     yield c
     c.stop()
 
@@ -74,6 +82,41 @@ def write_config(path: Path, store: Path, services: dict[str, tuple[str, str]]) 
         lines += [f"[services.{name}]", f'url = "{url}"', f'role = "{role}"', ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def ensure_roles(cluster: Cluster, *names: str, options: str = "") -> None:
+    """Create the roles that do not exist yet (roles are shared by every test on a cluster)."""
+    from psycopg import sql as s
+
+    with cluster.connect() as conn:
+        for name in names:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                conn.execute(s.SQL("CREATE ROLE {} " + options).format(s.Identifier(name)))
+
+
+def databases(cluster: Cluster) -> set[str]:
+    with cluster.connect() as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def wait_for(path: Path, proc, timeout: float = 120) -> None:
+    """Wait until `path` exists (a fault checkpoint was reached) while `proc` runs."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early ({proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {path}")
+        time.sleep(0.05)
+
+
+def pause_env(tmp_path: Path, step: str) -> tuple[Path, dict]:
+    """A fault directory and the environment that pauses a snapdb run at `step`."""
+    d = tmp_path / f"faults-{step.replace(':', '-')}"
+    d.mkdir(exist_ok=True)
+    return d, {"SNAPDB_PAUSE_AT": step, "SNAPDB_FAULT_DIR": str(d)}
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300, **kw) -> subprocess.CompletedProcess:

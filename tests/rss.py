@@ -26,18 +26,27 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pss_kb(pid: int) -> int:
+def tree_pss_kb(pid: int) -> int | None:
+    """Summed Pss of `pid` and its descendants in kB; None once `pid` itself is gone. A process
+    whose memory cannot be read raises (a silent 0 would pass any cap)."""
     kids, total, todo = _children(), 0, [pid]
     while todo:
         p = todo.pop()
         todo.extend(kids.get(p, []))
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
+                found = False
                 for line in f:
                     if line.startswith("Pss:"):
                         total += int(line.split()[1])
-        except OSError:
-            pass
+                        found = True
+                if not found:
+                    raise RuntimeError(f"/proc/{p}/smaps_rollup has no Pss line")
+        except (FileNotFoundError, ProcessLookupError):  # the process ended meanwhile
+            if p == pid:
+                return None  # ended between two samples
+        except PermissionError as exc:
+            raise RuntimeError(f"cannot read the memory of process {p}: {exc}") from None
     return total
 
 
@@ -47,10 +56,14 @@ def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.0
     peak = 0
     done = threading.Event()
 
+    samples = 0
+
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, samples
         while not done.is_set():
-            peak = max(peak, tree_pss_kb(proc.pid))
+            kb = tree_pss_kb(proc.pid)
+            if kb is not None:
+                peak, samples = max(peak, kb), samples + 1
             time.sleep(interval)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -58,4 +71,6 @@ def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.0
     _, err = proc.communicate()
     done.set()
     t.join()
+    if samples < 5 or peak < 10 * 1024:  # a Python process alone is over 10 MB: a lower peak was not measured
+        raise RuntimeError(f"memory was not measured ({samples} samples, peak {peak} kB)")
     return proc.returncode, peak, err.decode(errors="replace")

@@ -5,6 +5,7 @@ In every case the target must stay exactly as it was, and the next run must succ
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from snapdb import commands, names
 from snapdb.config import load_config
 from snapdb.errors import BusyError, IntegrityError, TargetError
 
-from .conftest import create_db, popen_cli, run_cli, write_config
-from .dbcompare import table_fingerprints
+from .conftest import create_db, pause_env, popen_cli, run_cli, wait_for, write_config
+from .dbcompare import database_props, schema_dump, table_fingerprints
 
 SETUP = """
 CREATE TABLE big (id int PRIMARY KEY, pad text);
@@ -37,7 +38,12 @@ def scenario(pg, tmp_path, store, dbname):
                                                              "dev": (pg.url(target), "dev")})
     sid = commands.snapshot(load_config(cfg_path), "src").id
     return {"cfg": str(cfg_path), "sid": sid, "src": src, "target": target,
-            "before": table_fingerprints(pg, target), "snapdir": store / "snapshots" / sid}
+            "before": _target_state(pg, target), "snapdir": store / "snapshots" / sid}
+
+
+def _target_state(pg, target: str) -> tuple:
+    """Everything "unchanged" means: the same database (OID), schema, properties and rows."""
+    return database_props(pg, target), schema_dump(pg, target), table_fingerprints(pg, target)
 
 
 def _databases(pg) -> set[str]:
@@ -46,7 +52,7 @@ def _databases(pg) -> set[str]:
 
 
 def assert_target_unchanged(pg, s) -> None:
-    assert table_fingerprints(pg, s["target"]) == s["before"]
+    assert _target_state(pg, s["target"]) == s["before"]
 
 
 def assert_next_run_succeeds(pg, s) -> None:
@@ -69,10 +75,14 @@ def test_damaged_snapshot_detected_before_touching(pg, scenario, damage):
     else:
         victim.unlink()
     before = _databases(pg)
-    r = run_cli("--config", s["cfg"], "restore", "--into", "dev")
+    trace = s["snapdir"].parent.parent.parent / "trace"
+    trace.mkdir()
+    r = run_cli("--config", s["cfg"], "restore", "--into", "dev", env={"SNAPDB_TRACE_DIR": str(trace)})
     assert r.returncode == IntegrityError.exit_code, r.stderr
     assert "damaged" in r.stderr and victim.name in r.stderr
-    assert _databases(pg) == before  # not even a temporary database was created
+    assert _databases(pg) == before
+    # refused before the server was touched: the run never got as far as the lock or a build
+    assert not (trace / "restore:files-verified.passed").exists() and not (trace / "restore:locked.passed").exists()
     assert_target_unchanged(pg, s)
     r = run_cli("--config", s["cfg"], "verify", s["sid"])
     assert r.returncode == IntegrityError.exit_code
@@ -152,6 +162,37 @@ def test_concurrent_restores_one_wins(pg, scenario, tmp_path):
     assert table_fingerprints(pg, s["target"]) == table_fingerprints(pg, s["src"])
     # and a third run, once the first is done, takes the lock again
     assert_next_run_succeeds(pg, s)
+
+
+def test_ctrl_c_midway_exits_130_and_leaves_target_unchanged(pg, scenario, tmp_path):
+    s = scenario
+    faults, env = pause_env(tmp_path, "restore:table-loaded")
+    proc = popen_cli("--config", s["cfg"], "restore", "--into", "dev", "--jobs", "1", env=env)
+    try:
+        wait_for(faults / "restore:table-loaded.reached", proc)
+        proc.send_signal(signal.SIGINT)
+        (faults / "restore:table-loaded.go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert names.tmp_name(s["target"]) not in _databases(pg)  # the build was dropped on the way out
+    assert_target_unchanged(pg, s)
+    assert_next_run_succeeds(pg, s)
+
+
+def test_killed_snapshot_is_not_listed(pg, scenario):
+    s = scenario
+    r = run_cli("--config", s["cfg"], "snapshot", "src", env={"SNAPDB_KILL_AT": "snapshot:table-copied"})
+    assert r.returncode == -signal.SIGKILL
+    dirs = sorted(p.name for p in s["snapdir"].parent.iterdir())
+    assert len(dirs) == 2  # the killed run left its files behind, without a manifest
+    r = run_cli("--config", s["cfg"], "snapshots", "--json")
+    assert [x["id"] for x in json.loads(r.stdout)] == [s["sid"]]
+    r = run_cli("--config", s["cfg"], "restore", "--into", "dev", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["snapshot_id"] == s["sid"], r.stderr
 
 
 def test_prepared_transaction_refused(pg, scenario):

@@ -12,10 +12,9 @@ from psycopg import sql
 from snapdb import commands, names
 from snapdb.config import Config, load_config
 from snapdb.errors import ConfigError, IntegrityError, RefusedError
-from snapdb.postgres import read_database_props
 
-from .conftest import create_db, run_cli, sample_sql, write_config
-from .dbcompare import assert_same_database
+from .conftest import create_db, ensure_roles, run_cli, sample_sql, write_config
+from .dbcompare import assert_same_database, database_props
 
 
 def _cfg(tmp_path, pg, store, **services) -> Config:
@@ -29,8 +28,11 @@ def _databases(pg) -> set[str]:
 
 def test_roundtrip_sample_database(pg, tmp_path, store, dbname):
     create_db(pg, dbname, sample_sql())
+    ensure_roles(pg, "rt_owner")
     with pg.connect() as conn:
         d = sql.Identifier(dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO rt_owner").format(d))  # not the default owner
+        conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 17").format(d))  # nor the default limit
         conn.execute(sql.SQL("ALTER DATABASE {} SET work_mem = '12MB'").format(d))
         conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = '$user', public, \"Odd\"").format(d))
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS 'the source'").format(d))
@@ -46,11 +48,10 @@ def test_roundtrip_sample_database(pg, tmp_path, store, dbname):
     res = commands.restore(cfg, into=target, from_="src", server="src")
     assert res.target == target and res.previous is None
     assert_same_database(pg, dbname, target)
-    with pg.connect() as conn:
-        a, b = read_database_props(conn, dbname), read_database_props(conn, target)
-    assert a == b
-    assert ("search_path=\"$user\", public, \"Odd\"") in b.settings
-    assert b.comment == "the source"
+    b = database_props(pg, target)
+    assert b == database_props(pg, dbname)  # independent of snapdb's own reader
+    assert "search_path=\"$user\", public, \"Odd\"" in b["settings"][""]
+    assert (b["comment"], b["owner"], b["connection_limit"]) == ("the source", "rt_owner", 17)
     with pg.connect(target) as conn:
         assert conn.execute("SELECT ispopulated FROM pg_matviews WHERE matviewname = 'mv_empty'").fetchone()[0] is False
         assert conn.execute("SELECT count(*) FROM mv_counts").fetchone()[0] == 3

@@ -128,3 +128,40 @@ def test_damage_found_while_decompressing(pg, tmp_path):
     assert table_fingerprints(pg, target) == before
     with pg.connect() as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.tmp_name(target),)).fetchone()
+
+
+def test_pg_restore_dies_with_a_killed_restore(pg, tmp_path):
+    """Point 21: a restore's pg_restore children die with snapdb too (a killed run must leave
+    nothing writing into the build)."""
+    create_db(pg, "orphan_rsrc", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+    store = str(tmp_path / "store")
+    assert run_cli("snapshot", pg.url("orphan_rsrc"), "--store", store).returncode == 0
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    marker = tmp_path / "pg_restore-started"
+    wrapper = bindir / "pg_restore"
+    wrapper.write_text("#!/bin/sh\n"
+                       f'[ "$1" = "--version" ] && exec "{pg.tool("pg_restore")}" "$@"\n'
+                       f'echo $$ > "{marker}"\n'
+                       'exec sleep 60\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    proc = popen_cli("restore", "--into", "orphan_rdst", "--server", pg.url(), "--store", store,
+                     env={"SNAPDB_PG_BINDIR": str(bindir)})
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    child = int(marker.read_text())
+    os.kill(child, 0)  # running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        subprocess.run(["true"])
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"pg_restore (pid {child}) outlived the killed restore")

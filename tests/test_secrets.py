@@ -60,10 +60,25 @@ def test_password_never_leaks(pg, tmp_path, store):
                  env={**env_noauth, "PGPASSFILE": "/nonexistent", "PGPASSWORD": "Wrong-" + PASSWORD})
     assert r3.returncode == 4 and "password authentication failed" in r3.stderr
 
+    # the other two password routes libpq offers work too: PGPASSWORD, and a service file
+    r4 = run_cli("--config", str(cfg), "snapshot", "src",
+                 env={**env_noauth, "PGPASSFILE": "/nonexistent", "PGPASSWORD": PASSWORD})
+    assert r4.returncode == 0, r4.stderr
+    svcfile = tmp_path / "pg_service.conf"
+    svcfile.write_text(f"[snapdbsvc]\nhost=127.0.0.1\nport={pg.port}\nuser=app_pw\npassword={PASSWORD}\n")
+    svcfile.chmod(0o600)
+    svc_cfg = write_config(tmp_path / "svc.toml", store, {"src": ("service=snapdbsvc dbname=secret_src", "production")})
+    r5 = run_cli("--config", str(svc_cfg), "snapshot", "src",
+                 env={**env_noauth, "PGPASSFILE": "/nonexistent", "PGSERVICEFILE": str(svcfile)})
+    assert r5.returncode == 0, r5.stderr
+    # the hint for a missing password says what to put in .pgpass, never the password
+    r6 = run_cli("--config", str(cfg), "snapshot", "src", env={**env_noauth, "PGPASSFILE": "/nonexistent"})
+    assert f"127.0.0.1:{pg.port}:*:app_pw:PASSWORD" in r6.stderr, r6.stderr
+
     listing = log.read_text()
     assert "--- pg_dump" in listing and "--- pg_restore" in listing  # the children were observed
     assert "snapdb" in listing and "app_pw" in listing  # ...with their argv
-    texts = [listing, r1.stdout, r1.stderr, r2.stdout, r2.stderr, r3.stdout, r3.stderr]
+    texts = [listing, r1.stdout, r1.stderr, r2.stdout, r2.stderr, r3.stdout, r3.stderr, r4.stderr, r5.stderr, r6.stderr]
     texts += [p.read_text(errors="replace") for p in store.rglob("manifest.json")]
     for text in texts:
         assert PASSWORD not in text

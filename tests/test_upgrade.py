@@ -297,6 +297,8 @@ def test_failing_revision_stays_at_last_good_one(pg, tmp_path, store, db, migrat
     assert r.returncode == MigrationError.exit_code, r.stderr
     assert "revision bb02 (versions/bb02_test.py) failed: division by zero" in r.stderr
     assert "stays at revision aa01" in r.stderr
+    hint = r.stderr.strip().splitlines()[-1]
+    assert hint.startswith("hint: ") and "snapdb release add" in hint and "snapdb restore --into" in hint
     assert revision(pg, target) == "aa01"
     assert "discontinued" not in columns(pg, target, "products")  # bb02's transaction rolled back
     with pg.connect(target) as conn:
