@@ -101,7 +101,7 @@ class VerifyResult:
 
 
 def _store(cfg: Config, store: str | None) -> Store:
-    return open_store(cfg.store(store))
+    return open_store(cfg.store(store), **cfg.store_options)
 
 
 def snapshot(
