@@ -73,21 +73,24 @@ def matview_state(pg, dbname: str) -> list[tuple]:
         return conn.execute("SELECT schemaname, matviewname, ispopulated FROM pg_matviews ORDER BY 1, 2").fetchall()
 
 
-def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = None) -> None:
-    """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props."""
+def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = None, dst_pg=None) -> None:
+    """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props.
+
+    `dst_pg`: the cluster holding `dst` when it is not `pg` (a restore onto a second server)."""
+    pg2 = dst_pg or pg
     ref = schema_reference or src
-    a, b = schema_dump(pg, ref), schema_dump(pg, dst)
+    a, b = schema_dump(pg, ref), schema_dump(pg2, dst)
     if a != b:
         import difflib
 
         diff = "\n".join(list(difflib.unified_diff(a.splitlines(), b.splitlines(), ref, dst, lineterm=""))[:60])
         raise AssertionError(f"schema of {dst} differs from {ref}:\n{diff}")
-    fa, fb = table_fingerprints(pg, src), table_fingerprints(pg, dst)
+    fa, fb = table_fingerprints(pg, src), table_fingerprints(pg2, dst)
     assert fa.keys() == fb.keys()
     differing = [k for k in fa if fa[k] != fb[k]]
     assert not differing, f"table contents differ: {differing[:10]}"
-    assert sequences(pg, src) == sequences(pg, dst)
-    assert large_objects(pg, src) == large_objects(pg, dst)
-    assert matview_state(pg, src) == matview_state(pg, dst)
-    with pg.connect() as conn:
-        assert read_database_props(conn, src) == read_database_props(conn, dst)
+    assert sequences(pg, src) == sequences(pg2, dst)
+    assert large_objects(pg, src) == large_objects(pg2, dst)
+    assert matview_state(pg, src) == matview_state(pg2, dst)
+    with pg.connect() as conn, pg2.connect() as conn2:
+        assert read_database_props(conn, src) == read_database_props(conn2, dst)

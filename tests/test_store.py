@@ -19,7 +19,7 @@ from snapdb.store import MissingError, open_store
 
 from .s3harness import FAKE_KEY_ID, FAKE_SECRET
 
-BIG = 21 << 20  # 21 MiB: three parts of an S3 multipart upload (8 + 8 + 5 MiB)
+BIG = 21 << 20  # 21 MiB: five parts of an S3 multipart upload (4 × 5 MiB + 1 MiB)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -90,7 +90,7 @@ def test_large_object_streams(any_store):
 
 def test_failed_large_write_leaves_nothing_and_keeps_old(any_store):
     s = any_store
-    with pytest.raises(RuntimeError):  # fails after two full parts were sent
+    with pytest.raises(RuntimeError):  # fails after four full parts were sent
         with s.writer("k/new") as f:
             f.write(_pattern(BIG))
             raise RuntimeError("boom")

@@ -23,8 +23,9 @@ Contract points specific to S3 (the `Store` protocol is in ``store/__init__.py``
   botocore's timeouts and retries are bounded (`CONNECT_TIMEOUT`, `READ_TIMEOUT`,
   `MAX_ATTEMPTS`), so an unreachable endpoint fails within seconds.
 
-A store object is pickled into the worker processes; the boto3 client is not part of its state
-and is created lazily once per process (clients must not cross a fork).
+A store object is pickled into the worker processes; the boto3 client is not part of its state.
+The parent makes its client at construction; a forked worker adopts it with the inherited
+connections dropped (`_after_fork_in_child`), other processes make their own on first use.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, StoreError
 from . import MissingError
 
-PART_SIZE = 8 << 20  # S3's minimum part is 5 MiB; 8 MiB parts keep a writer's memory small
-PART_GROWTH_EVERY = 2000  # parts; then each part is one PART_SIZE bigger: 10,000 parts hold ~234 GiB
+PART_SIZE = 5 << 20  # S3's minimum part (MiB-exact); a writer holds one part, so this is its memory
+PART_GROWTH_EVERY = 2000  # parts; then each part is one PART_SIZE bigger: 10,000 parts hold ~146 GiB
 MAX_PARTS = 10_000
+SMALL_BUFFER = 1 << 20  # a writer's buffer grows up to this; a bigger object gets a whole part at once
 CONNECT_TIMEOUT = 5  # seconds
 READ_TIMEOUT = 60
 MAX_ATTEMPTS = 3  # botocore "standard" retry mode, first try included
@@ -112,13 +114,44 @@ def check_endpoint(endpoint_url: str) -> str:
     return endpoint_url
 
 
+_inheritable: dict[tuple, object] = {}  # (endpoint_url, region) -> the newest client made here
+_adoptable: dict[tuple, object] = {}  # the same, inherited from the parent, connections dropped
+
+
+def _after_fork_in_child() -> None:
+    """In a forked worker: keep the parent's clients for adoption, minus their connections.
+
+    A botocore client is mostly parsed service model (~8 MB a process); a worker adopting its
+    parent's shares those pages copy-on-write instead of building its own. What must not cross
+    a fork, the pooled keep-alive connections, is dropped here with botocore's own close() (in
+    the child: only its copies of the sockets close). If that is not possible, nothing is
+    adopted and the worker builds its own clients."""
+    global _adoptable
+    adoptable = {}
+    for key, client in _inheritable.items():
+        try:
+            client._endpoint.http_session.close()
+        except Exception:  # noqa: BLE001  another botocore layout: build new clients instead
+            adoptable = {}
+            break
+        adoptable[key] = client
+    _inheritable.clear()
+    _adoptable = adoptable
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _quiet_wire_logs() -> None:
     """Keep botocore's and urllib3's DEBUG records (signed headers, session tokens, bodies) out of
-    ``--debug`` output: loggers nobody configured are capped at INFO; an explicit level stays."""
+    ``--debug`` output: loggers nobody configured get the root's level, but never below INFO
+    (a logger's own level is what filters its records; an explicit level is left alone)."""
+    level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
     for name in ("botocore", "boto3", "s3transfer", "urllib3"):
         lg = logging.getLogger(name)
         if lg.level == logging.NOTSET:
-            lg.setLevel(logging.INFO)
+            lg.setLevel(level)
 
 
 class S3Store:
@@ -130,6 +163,7 @@ class S3Store:
         self.region = region
         self._client = None
         self._pid = None
+        self.client  # noqa: B018  made now, before snapdb forks its workers (see _after_fork_in_child)
 
     def __getstate__(self) -> dict:
         return {"bucket": self.bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url,
@@ -154,17 +188,20 @@ class S3Store:
 
     @property
     def client(self):
+        """This process's boto3 client: made here, or adopted from the parent that forked us."""
         if self._client is None or self._pid != os.getpid():
-            self._client, self._pid = self._make_client(), os.getpid()
+            key = (self.endpoint_url, self.region)
+            client = _adoptable.get(key) or self._make_client()
+            _inheritable[key] = client
+            self._client, self._pid = client, os.getpid()
         return self._client
 
     def _make_client(self):
         import boto3
-
-        _quiet_wire_logs()
         from botocore.config import Config as BotoConfig
         from botocore.exceptions import BotoCoreError
 
+        _quiet_wire_logs()
         config = BotoConfig(
             connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
             retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
@@ -174,8 +211,7 @@ class S3Store:
             s3={"addressing_style": "path"} if self.endpoint_url else None,
         )
         try:
-            client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url,
-                                                    region_name=self.region, config=config)
+            client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
         except BotoCoreError as exc:  # e.g. a broken ~/.aws/config or an unknown profile
             raise StoreError(f"cannot set up the S3 client for {self.describe()}: {type(exc).__name__}",
                              hint=_CREDENTIALS_HINT) from None
@@ -240,8 +276,8 @@ class S3Store:
     def _check_bucket(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
+        try:  # a one-key listing, not HeadBucket: s3:ListBucket is needed anyway, and a GET names the error
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._list_prefix(""), MaxKeys=1)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code"))
             if code in ("404", "NoSuchBucket", "NotFound"):
@@ -309,7 +345,8 @@ class _Upload(io.RawIOBase):
 
     def __init__(self, store: S3Store, full_key: str, key: str) -> None:
         self.store, self.full_key, self.key = store, full_key, key
-        self._buf = bytearray()
+        self._buf = bytearray()  # the part being filled: grows up to SMALL_BUFFER, then is preallocated
+        self._pos = 0  # bytes of _buf in use
         self._upload_id: str | None = None
         self._parts: list[dict] = []
 
@@ -317,14 +354,36 @@ class _Upload(io.RawIOBase):
         return True
 
     def write(self, data) -> int:
-        self._buf += data
-        while len(self._buf) >= part_size(len(self._parts) + 1):
-            self._send_part(part_size(len(self._parts) + 1))
-        return len(data)
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while view:
+            size = part_size(len(self._parts) + 1)
+            if len(self._buf) != size and self._pos + len(view) > SMALL_BUFFER:
+                # past a small object: one part allocated once and filled in place, because a
+                # growing buffer is copied on regrowth (twice the memory for a moment)
+                part = bytearray(size)
+                part[:self._pos] = self._buf[:self._pos]
+                self._buf = part
+            if len(self._buf) == size:
+                take = min(size - self._pos, len(view))
+                self._buf[self._pos:self._pos + take] = view[:take]
+            else:
+                take = len(view)
+                self._buf += view
+            self._pos += take
+            view = view[take:]
+            if self._pos == size:
+                self._send_part()
+        return n
 
-    def _send_part(self, size: int) -> None:
-        """Upload the first `size` buffered bytes as the next part (the buffer itself is sent,
-        not a copy: only what a write overshot is kept back)."""
+    def _take(self) -> bytearray:
+        """Hand over the filled part (the buffer itself, not a copy) and start an empty one."""
+        body = self._buf
+        del body[self._pos:]
+        self._buf, self._pos = bytearray(), 0
+        return body
+
+    def _send_part(self) -> None:
         s = self.store
         if self._upload_id is None:
             resp = s._call("writing", self.key, s.client.create_multipart_upload, Bucket=s.bucket, Key=self.full_key)
@@ -332,20 +391,17 @@ class _Upload(io.RawIOBase):
         number = len(self._parts) + 1
         if number > MAX_PARTS:
             raise StoreError(f"object {self.key} is too large for one S3 multipart upload ({MAX_PARTS} parts)")
-        body, self._buf = self._buf, bytearray(self._buf[size:])
-        del body[size:]
         resp = s._call("writing", self.key, s.client.upload_part, Bucket=s.bucket, Key=self.full_key,
-                       UploadId=self._upload_id, PartNumber=number, Body=body)
+                       UploadId=self._upload_id, PartNumber=number, Body=self._take())
         self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
 
     def complete(self) -> None:
         s = self.store
         if self._upload_id is None:  # smaller than one part: a single PUT, visible on success
-            body, self._buf = self._buf, bytearray()
-            s._call("writing", self.key, s.client.put_object, Bucket=s.bucket, Key=self.full_key, Body=body)
+            s._call("writing", self.key, s.client.put_object, Bucket=s.bucket, Key=self.full_key, Body=self._take())
             return
-        if self._buf:
-            self._send_part(len(self._buf))
+        if self._pos:
+            self._send_part()
         s._call("writing", self.key, s.client.complete_multipart_upload, Bucket=s.bucket, Key=self.full_key,
                 UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
         self._upload_id = None
@@ -353,7 +409,7 @@ class _Upload(io.RawIOBase):
     def abort(self) -> None:
         """Drop the buffered bytes and abort the upload (best effort: a lifecycle rule reclaims
         the parts of an upload that cannot be aborted now; it is never visible either way)."""
-        self._buf = bytearray()
+        self._buf, self._pos = bytearray(), 0
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
             try:
