@@ -19,7 +19,7 @@ from snapdb.errors import ConfigError, StoreError
 from snapdb.store import s3 as s3mod
 
 from .conftest import run_cli, write_config
-from .s3harness import FAKE_KEY_ID, FAKE_SECRET, UNSET
+from .s3harness import FAKE_KEY_ID, FAKE_SECRET, UNSET, start_server
 
 
 def _prefix_of(url: str) -> str:
@@ -108,9 +108,14 @@ def test_overwrite_during_download_is_an_error_not_spliced_data(s3):
     first = r.read(500_000)
     with st.writer("f") as f:  # replaced while the first GET is still open
         f.write(os.urandom(4_000_000))
-    with pytest.raises(StoreError, match="broke off|failed"):
+    with pytest.raises(StoreError, match="changed while being read"):
         first += r.read()
     r.close()
+
+
+def test_harness_fails_clearly_when_the_server_does_not_come_up():
+    with pytest.raises(RuntimeError, match="moto S3 server did not start within"):
+        start_server(timeout=0.01)  # not even the interpreter starts that fast
 
 
 def _closed_port() -> int:

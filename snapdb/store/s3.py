@@ -247,6 +247,8 @@ class S3Store:
             if code == "NoSuchBucket":
                 return StoreError(f"S3 bucket {self.bucket!r} does not exist ({action} {what})",
                                   hint="create it, or fix [store] url / --store (docs/s3.md)")
+            if code == "PreconditionFailed":  # a resumed read pinned to an ETag: the object was replaced
+                return StoreError(f"{what} changed while being read", hint="read it again")
             if code in _DENIED:
                 return StoreError(f"access denied: {action} {what} ({code})", hint=_POLICY_HINT)
             if code in _BAD_CREDENTIALS:
