@@ -186,12 +186,18 @@ def test_store_errors_never_show_the_credentials(s3, tmp_path):
 
 def test_store_config_keys(tmp_path):
     from snapdb.config import load_config
+    from snapdb.store import open_store
 
     p = tmp_path / "snapdb.toml"
-    p.write_text('[store]\nurl = "s3://b/p"\nendpoint_url = "http://127.0.0.1:9000"\nregion = "eu-west-1"\n')
+    p.write_text('[store]\nurl = "s3://bkt/p"\nendpoint_url = "http://127.0.0.1:9000"\nregion = "eu-west-1"\n')
     cfg = load_config(p)
-    assert cfg.store() == "s3://b/p"
+    assert cfg.store() == "s3://bkt/p"
     assert cfg.store_options == {"endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1"}
-    p.write_text('[store]\nurl = "s3://b/p"\naccess_key = "AKIA"\n')
+    st = open_store(cfg.store(), **cfg.store_options)  # what commands do
+    assert (st.endpoint_url, st.client.meta.region_name) == ("http://127.0.0.1:9000", "eu-west-1")
+    with pytest.raises(StoreError, match="cannot set up the S3 client") as info:
+        open_store("s3://bkt/p", region="not a region!")
+    assert "region" in info.value.hint
+    p.write_text('[store]\nurl = "s3://bkt/p"\naccess_key = "AKIA"\n')
     with pytest.raises(ConfigError, match="unknown key 'access_key'"):
         load_config(p)

@@ -212,9 +212,9 @@ class S3Store:
         )
         try:
             client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
-        except BotoCoreError as exc:  # e.g. a broken ~/.aws/config or an unknown profile
+        except BotoCoreError as exc:  # a broken ~/.aws/config, an unknown profile, an invalid region
             raise StoreError(f"cannot set up the S3 client for {self.describe()}: {type(exc).__name__}",
-                             hint=_CREDENTIALS_HINT) from None
+                             hint="check [store] region, AWS_PROFILE and ~/.aws/config (docs/s3.md)") from None
         except ValueError:  # an invalid endpoint from AWS_ENDPOINT_URL or the AWS config file
             raise StoreError(f"invalid S3 endpoint for {self.describe()}",
                              hint="check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or [store] endpoint_url") from None
