@@ -62,6 +62,7 @@ def test_s3_roundtrip_onto_second_server(pg, pg2, s3, tmp_path, dbname):
         assert s3.get_requests(key) == RESTORE_READS_PER_FILE, f.path
     data_bytes = s3.get_bytes(f"{prefix}/snapshots/{sid}/") - s3.get_bytes(f"{prefix}/snapshots/{sid}/{mf.MANIFEST}")
     assert data_bytes == RESTORE_READS_PER_FILE * manifest.stored_bytes
+    print(f"restore GETs: {data_bytes} bytes of files for {manifest.stored_bytes} stored in {len(manifest.files)} files")
 
     r = run_cli("--config", cfg, "verify", sid, "--against", f"{pg2.url(dbname)}")
     assert r.returncode == 0, r.stderr
