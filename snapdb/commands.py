@@ -113,7 +113,7 @@ class VerifyResult:
 
 def _store(cfg: Config, store: str | None, read: bool = True) -> Store:
     """Open the store; when it is to be read, check that it exists (a typo is an error)."""
-    st = open_store(cfg.store(store))
+    st = open_store(cfg.store(store), **cfg.store_options)
     if read:
         st.check()
     return st

@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 ROLES = ("production", "standby", "dev")
 _TOP_KEYS = {"store", "services", "upgrade"}
-_STORE_KEYS = {"url"}
+_STORE_KEYS = {"url", "endpoint_url", "region"}  # the last two: S3 stores only
 _UPGRADE_KEYS = {"migrations", "rehearsal_max_age"}
 DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
 DEFAULT_MIGRATIONS = "migrations"
@@ -123,6 +123,7 @@ class Config:
     """Parsed configuration: the store URL and the named services."""
 
     store_url: str | None = None
+    store_options: dict[str, str] = field(default_factory=dict)  # [store] endpoint_url, region -> open_store
     services: dict[str, Endpoint] = field(default_factory=dict)
     path: Path | None = None
     migrations: str | None = None  # [upgrade] migrations
@@ -258,6 +259,9 @@ def _parse(data: dict, path: Path) -> Config:
     cfg = Config(path=path)
     store = _section(data, "store", _STORE_KEYS, f"{path} [store]")
     cfg.store_url = _path_string(store, "url", f"{path} [store]")
+    for key in ("endpoint_url", "region"):
+        if (value := _path_string(store, key, f"{path} [store]")) is not None:
+            cfg.store_options[key] = value
     services = data.get("services", {})
     if not isinstance(services, dict):
         raise ConfigError(f"{path}: [services] must contain tables like [services.prod]")

@@ -16,6 +16,8 @@ import pytest
 
 from snapdb.cluster import Cluster, ClusterError
 
+from .s3harness import s3  # noqa: F401  (the S3 server fixture: moto on loopback)
+
 ROOT = Path(__file__).resolve().parents[1]
 REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT.parent / "shared" / "realdb"))
 _counter = itertools.count(1)
@@ -75,9 +77,10 @@ def create_db(cluster: Cluster, name: str, sql: str | None = None) -> str:
     return name
 
 
-def write_config(path: Path, store: Path, services: dict[str, tuple[str, str]]) -> Path:
-    """Write a snapdb.toml with `services` = {name: (url, role)}."""
-    lines = ["[store]", f'url = "{store}"', ""]
+def write_config(path: Path, store: Path | str, services: dict[str, tuple[str, str]],
+                 store_options: dict[str, str] | None = None) -> Path:
+    """Write a snapdb.toml with `services` = {name: (url, role)} and `[store]` keys `store_options`."""
+    lines = ["[store]", f'url = "{store}"', *(f'{k} = "{v}"' for k, v in (store_options or {}).items()), ""]
     for name, (url, role) in services.items():
         lines += [f"[services.{name}]", f'url = "{url}"', f'role = "{role}"', ""]
     path.write_text("\n".join(lines))

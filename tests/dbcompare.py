@@ -74,7 +74,8 @@ def matview_state(pg, dbname: str) -> list[tuple]:
 def database_props(pg, dbname: str, other=None) -> dict:
     """Database-level properties straight from the shared catalogs (not snapdb's reader): owner,
     encoding, locale and provider, connection limit, whether it accepts connections, grants,
-    comment, and every database and role-in-database setting exactly as stored."""
+    comment, and every database and role-in-database setting exactly as stored. `other`: the
+    cluster holding `dbname` when it is not `pg`."""
     with (other or pg).connect() as conn:
         locale = "datlocale" if conn.info.server_version >= 170000 else "daticulocale"
         row = conn.execute(sql.SQL(
@@ -92,23 +93,27 @@ def database_props(pg, dbname: str, other=None) -> dict:
 
 
 def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = None,
-                         lo_oids: bool = True) -> None:
-    """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props."""
+                         lo_oids: bool = True, dst_pg=None) -> None:
+    """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props.
+
+    `dst_pg`: the cluster holding `dst` when it is not `pg` (a restore onto a second server);
+    `lo_oids` False compares large objects by owner and content only (`src` loaded anew)."""
+    pg2 = dst_pg or pg
     ref = schema_reference or src
-    a, b = schema_dump(pg, ref), schema_dump(pg, dst)
+    a, b = schema_dump(pg, ref), schema_dump(pg2, dst)
     if a != b:
         import difflib
 
         diff = "\n".join(list(difflib.unified_diff(a.splitlines(), b.splitlines(), ref, dst, lineterm=""))[:60])
         raise AssertionError(f"schema of {dst} differs from {ref}:\n{diff}")
-    fa, fb = table_fingerprints(pg, src), table_fingerprints(pg, dst)
+    fa, fb = table_fingerprints(pg, src), table_fingerprints(pg2, dst)
     assert fa.keys() == fb.keys()
     differing = [k for k in fa if fa[k] != fb[k]]
     assert not differing, f"table contents differ: {differing[:10]}"
-    assert sequences(pg, src) == sequences(pg, dst)
+    assert sequences(pg, src) == sequences(pg2, dst)
     if lo_oids:
-        assert large_objects(pg, src) == large_objects(pg, dst)
+        assert large_objects(pg, src) == large_objects(pg2, dst)
     else:  # `src` was loaded anew (new OIDs): owners and contents
-        assert sorted(lo[1:] for lo in large_objects(pg, src)) == sorted(lo[1:] for lo in large_objects(pg, dst))
-    assert matview_state(pg, src) == matview_state(pg, dst)
-    assert database_props(pg, src) == database_props(pg, dst)
+        assert sorted(lo[1:] for lo in large_objects(pg, src)) == sorted(lo[1:] for lo in large_objects(pg2, dst))
+    assert matview_state(pg, src) == matview_state(pg2, dst)
+    assert database_props(pg, src) == database_props(pg, dst, other=pg2)

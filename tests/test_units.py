@@ -1,4 +1,5 @@
-"""Configuration, store contract, documentation and CLI checks that need no database."""
+"""Configuration, documentation and CLI checks that need no database (the store contract is in
+test_store.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typer.testing import CliRunner
 
 from snapdb import cli
 from snapdb.config import Config, load_config
-from snapdb.errors import EXIT_CODES, ConfigError, SnapdbError
-from snapdb.store import MissingError, open_store
+from snapdb.errors import EXIT_CODES, ConfigError
+from snapdb.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,49 +68,6 @@ def test_unknown_service_and_missing_store():
         cfg.store()
     with pytest.raises(ConfigError, match="unsupported store URL scheme"):
         open_store("ftp://x/y")
-
-
-# -- store contract (every backend) ----------------------------------------------------------
-@pytest.fixture(params=["local"])
-def any_store(request, tmp_path):
-    return open_store(str(tmp_path / "s")) if request.param == "local" else None
-
-
-def test_store_contract(any_store):
-    s = any_store
-    assert s.list("") == [] and not s.exists("a/b")
-    with s.writer("a/b") as f:
-        f.write(b"hello")
-    assert s.exists("a/b") and s.size("a/b") == 5 and s.reader("a/b").read() == b"hello"
-    with pytest.raises(RuntimeError):  # a failed write publishes nothing, keeps the old object
-        with s.writer("a/b") as f:
-            f.write(b"partial")
-            raise RuntimeError("boom")
-    assert s.reader("a/b").read() == b"hello"
-    with s.writer("a/c") as f:
-        f.write(b"x")
-    assert s.list("a/") == ["a/b", "a/c"] and s.list("z") == []
-    with s.writer("a/d", sync=False) as f:  # published at once, durable after sync()
-        f.write(b"later")
-    assert s.reader("a/d").read() == b"later"
-    s.sync()
-    s.delete("a/d")
-    s.delete("a/b")
-    s.delete("a/b")  # idempotent
-    with pytest.raises(MissingError):
-        s.reader("a/b")
-    with pytest.raises(MissingError):
-        s.size("a/b")
-    with pytest.raises(SnapdbError):
-        s.reader("../etc/passwd")
-
-
-def test_local_store_is_private(tmp_path):
-    s = open_store("file://" + str(tmp_path / "priv"))
-    with s.writer("snapshots/x/f") as f:
-        f.write(b"secret data")
-    for p in (tmp_path / "priv").rglob("*"):
-        assert p.stat().st_mode & 0o077 == 0
 
 
 # -- documentation ------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The snapshot store: one small interface, one class per backend, chosen by URL scheme.
 
 Keys are ``/``-separated relative paths such as ``snapshots/<id>/manifest.json``. Every backend
-implements `Store`; the contract tests in ``tests/test_store.py`` run against each of them.
+(`LocalStore` in ``local``, `S3Store` in ``s3``) implements `Store`; the one contract suite in
+``tests/test_store.py`` runs against each of them. May import only ``errors`` (and its own
+backends' libraries), never the PostgreSQL modules.
 """
 
 from __future__ import annotations
@@ -47,19 +49,36 @@ class Store(Protocol):
     def check(self) -> None: ...
 
 
-def open_store(url: str) -> Store:
-    """Return the backend for `url` (a directory path or ``file://`` URL)."""
+def _local(url: str, path: str, **_s3_options: str | None) -> Store:
     from .local import LocalStore
 
-    backends = {"file": LocalStore}
+    return LocalStore(path)  # endpoint_url / region are S3 settings; a directory ignores them
+
+
+def _s3(url: str, path: str, **options: str | None) -> Store:
+    from .s3 import S3Store
+
+    return S3Store(url, **options)
+
+
+#: URL scheme -> backend factory(url, rest of the URL after "scheme://", **options)
+BACKENDS = {"file": _local, "s3": _s3}
+
+
+def open_store(url: str, *, endpoint_url: str | None = None, region: str | None = None) -> Store:
+    """Return the backend for `url`: a directory path, ``file:///path`` or ``s3://bucket/prefix``.
+
+    `endpoint_url` and `region` (``[store]`` keys) apply to S3 stores only. Raises `ConfigError`
+    for an unknown scheme or a URL the backend refuses (e.g. one carrying credentials).
+    """
     if "://" in url:
         scheme, _, rest = url.partition("://")
     else:
         scheme, rest = "file", url
-    cls = backends.get(scheme)
-    if cls is None:
+    factory = BACKENDS.get(scheme)
+    if factory is None:
         raise ConfigError(
-            f"unsupported store URL scheme {scheme!r}",
-            hint="use a directory path or file:///path (s3:// is not supported yet)",
+            f"unsupported store URL scheme {scheme[:20]!r}",
+            hint="use a directory path, file:///path or s3://bucket/prefix",
         )
-    return cls(rest if scheme == "file" else url)
+    return factory(url, rest, endpoint_url=endpoint_url, region=region)
