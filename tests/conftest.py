@@ -17,7 +17,7 @@ import pytest
 from snapdb.cluster import Cluster, ClusterError
 
 ROOT = Path(__file__).resolve().parents[1]
-REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT.parent / "shared" / "realdb"))
+REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT / "fixtures" / "realdb"))
 _counter = itertools.count(1)
 
 
