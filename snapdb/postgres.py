@@ -263,9 +263,10 @@ class DatabaseProps:
 
 def read_database_props(conn: psycopg.Connection, dbname: str) -> DatabaseProps:
     """Read `dbname`'s properties from the shared catalogs."""
+    locale = "d.daticulocale" if conn.info.server_version < 170000 else "d.datlocale"  # renamed in 17
     row = conn.execute(
         """SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
-                  d.datlocprovider::text, d.daticulocale, pg_catalog.pg_get_userbyid(d.datdba),
+                  d.datlocprovider::text, """ + locale + """, pg_catalog.pg_get_userbyid(d.datdba),
                   pg_catalog.shobj_description(d.oid, 'pg_database'), d.datconnlimit,
                   d.datacl IS NULL, d.oid
            FROM pg_catalog.pg_database d WHERE d.datname = %s""",
@@ -418,6 +419,8 @@ def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps)
     ]
     if props.locale_provider == "i":
         parts.append(sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(props.icu_locale or "")))
+    elif props.locale_provider == "b":  # PostgreSQL 17+
+        parts.append(sql.SQL(" LOCALE_PROVIDER builtin BUILTIN_LOCALE {}").format(sql.Literal(props.icu_locale or "")))
     conn.execute(sql.Composed(parts))
 
 

@@ -188,8 +188,7 @@ def _check_not_source(maint: psycopg.Connection, manifest: mf.Manifest, server: 
         )
 
 
-def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, major: int) -> None:
-    tool = pgtools.find_tool("pg_restore", major)
+def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, tool: str) -> None:
     argv = [tool, "--exit-on-error", "--no-tablespaces"] + [f"--section={s}" for s in sections]
     if jobs > 1:
         argv.append(f"--jobs={jobs}")
@@ -199,12 +198,13 @@ def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str
 
 def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int,
            reporter: Reporter) -> None:
-    major = max(manifest.server["version_num"] // 10000, int(manifest.pg_dump_version.split(".")[0]))
     probe = connect(server, TargetError, dbname=tmp)
     try:
-        major = max(major, probe.info.server_version // 10000)
+        target_major = probe.info.server_version // 10000
     finally:
         probe.close()
+    tool = pgtools.choose_pg_restore(manifest.server["version_num"] // 10000,  # docs/postgres-versions.md
+                                     int(manifest.pg_dump_version.split(".")[0]), target_major)
     workdir = pgtools.scratch_dir()
     try:
         archive = workdir / "schema.dump"
@@ -220,14 +220,14 @@ def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoi
                 f"cannot write the schema archive to {workdir}: {exc.strerror or exc}",
                 hint="free space there or set TMPDIR to a roomier directory; the target is unchanged",
             ) from None
-        _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, major)
+        _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, tool)
         with connect(server, TargetError, dbname=tmp, autocommit=True) as conn, conn.transaction():
             set_sequences(conn, manifest.sequences)
         reporter.done()
         faults.checkpoint("restore:schema")
         _load_tables(pool, store, manifest, server, tmp, reporter)
         reporter.phase("building indexes and constraints")
-        _pg_restore(server, tmp, archive, ["post-data"], jobs, major)
+        _pg_restore(server, tmp, archive, ["post-data"], jobs, tool)
         reporter.done()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

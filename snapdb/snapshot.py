@@ -103,7 +103,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         except psycopg.Error as exc:
             raise SourceError(f"reading the source catalog failed: {first_line(exc)}") from None
         faults.checkpoint("snapshot:catalog-read")
-        pg_dump = pgtools.find_tool("pg_dump", version_num // 10000)
+        pg_dump = pgtools.choose_pg_dump(main, SourceError)  # docs/postgres-versions.md
         dump_version = "%d.%d" % pgtools.tool_version(pg_dump)
         reporter.done()
 

@@ -22,12 +22,16 @@ def schema_dump(pg, dbname: str) -> str:
     return "\n".join(ln for ln in out.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict")))
 
 
-def baseline_copy(pg, src: str, name: str) -> str:
-    """Copy `src` to `name` with plain pg_dump | pg_restore (the reference for deparse drift)."""
-    with pg.connect() as conn:
+def baseline_copy(pg, src: str, name: str, dst_pg=None) -> str:
+    """Copy `src` to `name` with plain pg_dump | pg_restore (the reference for deparse drift).
+
+    With `dst_pg`, `name` is created there: `pg`'s own pg_dump, `dst_pg`'s pg_restore.
+    """
+    dpg = dst_pg or pg
+    with dpg.connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     dump = subprocess.run([pg.tool("pg_dump"), "-Fc", "-d", pg.conninfo(src)], capture_output=True, check=True).stdout
-    subprocess.run([pg.tool("pg_restore"), "--exit-on-error", "-d", pg.conninfo(name)], input=dump,
+    subprocess.run([dpg.tool("pg_restore"), "--exit-on-error", "-d", dpg.conninfo(name)], input=dump,
                    capture_output=True, check=True)
     return name
 
@@ -73,21 +77,26 @@ def matview_state(pg, dbname: str) -> list[tuple]:
         return conn.execute("SELECT schemaname, matviewname, ispopulated FROM pg_matviews ORDER BY 1, 2").fetchall()
 
 
-def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = None) -> None:
-    """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props."""
-    ref = schema_reference or src
-    a, b = schema_dump(pg, ref), schema_dump(pg, dst)
+def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = None, dst_pg=None) -> None:
+    """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props.
+
+    `dst_pg` is the server holding `dst` (and `schema_reference`) when it is not `pg`; across
+    major versions pass a reference on `dst_pg`, since each pg_dump version writes its own text.
+    """
+    dpg = dst_pg or pg
+    ref, ref_pg = (schema_reference, dpg) if schema_reference else (src, pg)
+    a, b = schema_dump(ref_pg, ref), schema_dump(dpg, dst)
     if a != b:
         import difflib
 
         diff = "\n".join(list(difflib.unified_diff(a.splitlines(), b.splitlines(), ref, dst, lineterm=""))[:60])
         raise AssertionError(f"schema of {dst} differs from {ref}:\n{diff}")
-    fa, fb = table_fingerprints(pg, src), table_fingerprints(pg, dst)
+    fa, fb = table_fingerprints(pg, src), table_fingerprints(dpg, dst)
     assert fa.keys() == fb.keys()
     differing = [k for k in fa if fa[k] != fb[k]]
     assert not differing, f"table contents differ: {differing[:10]}"
-    assert sequences(pg, src) == sequences(pg, dst)
-    assert large_objects(pg, src) == large_objects(pg, dst)
-    assert matview_state(pg, src) == matview_state(pg, dst)
-    with pg.connect() as conn:
-        assert read_database_props(conn, src) == read_database_props(conn, dst)
+    assert sequences(pg, src) == sequences(dpg, dst)
+    assert large_objects(pg, src) == large_objects(dpg, dst)
+    assert matview_state(pg, src) == matview_state(dpg, dst)
+    with pg.connect() as a_conn, dpg.connect() as b_conn:
+        assert read_database_props(a_conn, src) == read_database_props(b_conn, dst)
