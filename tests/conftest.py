@@ -25,16 +25,16 @@ from snapdb.pgtools import embedded_bindir
 ROOT = Path(__file__).resolve().parents[1]
 REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT / "fixtures" / "realdb"))
 NO_SYSTEM_SERVER = (
-    "make test needs PostgreSQL server binaries with ICU and contrib (Debian: apt-get install postgresql "
-    "postgresql-contrib; or set SNAPDB_PG_BINDIR); only `make demo` runs on the embedded server"
+    "make test needs a system PostgreSQL server with ICU and contrib, e.g. Debian's 15 (apt-get install "
+    "postgresql postgresql-contrib, or set SNAPDB_PG_BINDIR); the embedded 18 runs `make demo` but cannot "
+    "load the suite's real databases"
 )
 _counter = itertools.count(1)
 
 
-def pytest_sessionstart(session) -> None:
+def pytest_configure(config) -> None:
     if not system_server_dirs():
-        session.config.get_terminal_writer().line(f"error: {NO_SYSTEM_SERVER}", red=True)
-        pytest.exit(NO_SYSTEM_SERVER, returncode=3)
+        raise pytest.UsageError(NO_SYSTEM_SERVER)  # one line, "ERROR: …", exit status 4
 
 
 def default_major() -> int | None:
