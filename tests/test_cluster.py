@@ -101,3 +101,14 @@ def test_binaries_the_server_user_cannot_read_are_copied(tmp_path):
     finally:
         c.stop()
     assert not c.base.exists()
+
+
+def test_snapdb_pg_bindir_pins_the_search(pg, monkeypatch):
+    from snapdb.cluster import system_server_dirs
+    from snapdb.pgtools import find_tool
+
+    emb = embedded_bindir()
+    assert find_tool("pg_dump", 15) == os.path.join(pg.bindir, "pg_dump")  # exact major, default search
+    monkeypatch.setenv("SNAPDB_PG_BINDIR", os.pathsep.join(["/nonexistent", emb]))
+    assert system_server_dirs() == [(18, emb)] and find_server_bindir() == emb
+    assert find_tool("pg_dump", 15) == os.path.join(emb, "pg_dump")  # the system's 15 is not searched
