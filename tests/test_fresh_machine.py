@@ -27,8 +27,9 @@ def hidden(command: str, timeout: int = 300) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:  # mount as root of a user namespace, then run as ourselves in a nested one
         command = f"exec unshare -U --map-user={os.getuid()} --map-group={os.getgid()} sh -c {shlex.quote(command)}"
     unshare = ["unshare", "-m" if os.geteuid() == 0 else "-rm", "--propagation", "private"]
+    env = {k: v for k, v in os.environ.items() if k not in ("SNAPDB_PG_BINDIR", "SNAPDB_TEST_PG_MAJOR")}
     return subprocess.run([*unshare, "sh", "-c", mounts + command], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+                          cwd=ROOT, timeout=timeout, env=env)
 
 
 def test_demo_falls_back_to_the_embedded_server():
