@@ -29,7 +29,7 @@ from .test_realdb import load_case
 
 # The realdb cases the embedded 18 build loads. danbooru_structure needs pgcrypto (not built:
 # no OpenSSL); pg_regression15 needs ICU, lz4 and libxml, and has generated columns in
-# inheritance children that only the parent lacks, which PostgreSQL 16+ rejects.
+# inheritance children that only the parent lacks, which 15 accepts and 18 rejects.
 CASES_ON_18 = ["pagila", "chinook", "openacs_kernel", "osm_structure"]
 V11, V20 = "7d2e4b8c1a21", "c94a06f3e872"
 
