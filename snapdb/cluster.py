@@ -130,6 +130,15 @@ class Cluster:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Cluster:
+        """Create and start the server; on failure remove what was made and raise `ClusterError`."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         self._prepare()
         self._pg("initdb", "-D", str(self.data), "-U", self.superuser, "--auth=trust",
                  "-E", "UTF8", "--locale=C", "--no-sync", *self.initdb_args)
@@ -149,8 +158,10 @@ class Cluster:
                 "max_prepared_transactions = 5\nlog_min_messages = warning\n"
             )
         self._start_server()
-        self.psql("CREATE ROLE snapdb_pw NOLOGIN")
-        return self
+        try:
+            self.psql("CREATE ROLE snapdb_pw NOLOGIN")
+        except Exception as exc:  # psycopg's errors; the server is up but unusable
+            raise ClusterError(f"the new server on port {self.port} does not take connections: {exc}") from None
 
     @classmethod
     def standby_of(cls, primary: Cluster, name: str | None = None,

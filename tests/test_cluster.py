@@ -9,7 +9,7 @@ import shutil
 import psycopg
 import pytest
 
-from snapdb.cluster import Cluster, find_server_bindir
+from snapdb.cluster import Cluster, ClusterError, find_server_bindir
 from snapdb.pgtools import embedded_bindir
 
 from .conftest import start_cluster
@@ -27,8 +27,10 @@ def test_major_version_is_chosen(pg, pg18):
     assert _one(pg18, "SELECT current_setting('server_version_num')::int / 10000") == 18
     # PostgreSQL 18's initdb turns data checksums on by default; 15's does not
     assert _one(pg18, "SHOW data_checksums") == "on" and _one(pg, "SHOW data_checksums") == "off"
-    with pytest.raises(Exception, match="not 18"):
-        Cluster("wrong", bindir=pg.bindir, major=18).start()
+    wrong = Cluster("wrong", bindir=pg.bindir, major=18)
+    with pytest.raises(ClusterError, match="holds PostgreSQL 15.*, not 18"):
+        wrong.start()
+    assert not wrong.base.exists()  # a failed start leaves nothing behind
 
 
 def test_icu_default_cluster():
