@@ -9,7 +9,7 @@ import shutil
 import psycopg
 import pytest
 
-from snapdb.cluster import Cluster, ClusterError, find_server_bindir
+from snapdb.cluster import Cluster, ClusterError, find_server_bindir, system_server_dirs
 from snapdb.pgtools import embedded_bindir
 
 from .conftest import start_cluster
@@ -24,6 +24,8 @@ def test_major_version_is_chosen(pg, pg18):
     assert pg.major == 15 and pg.bindir == find_server_bindir(15) and not pg.embedded
     assert _one(pg, "SELECT current_setting('server_version_num')::int / 10000") == 15
     assert pg18.major == 18 and pg18.embedded and pg18.bindir == embedded_bindir()
+    # Cluster(major=18): a system 18 when there is one, else the embedded package's
+    assert find_server_bindir(18) in {embedded_bindir()} | {d for m, d in system_server_dirs() if m == 18}
     assert _one(pg18, "SELECT current_setting('server_version_num')::int / 10000") == 18
     # PostgreSQL 18's initdb turns data checksums on by default; 15's does not
     assert _one(pg18, "SHOW data_checksums") == "on" and _one(pg, "SHOW data_checksums") == "off"
@@ -106,7 +108,6 @@ def test_binaries_the_server_user_cannot_read_are_copied(tmp_path):
 
 
 def test_snapdb_pg_bindir_pins_the_search(pg, monkeypatch):
-    from snapdb.cluster import system_server_dirs
     from snapdb.pgtools import find_tool
 
     emb = embedded_bindir()
