@@ -241,3 +241,19 @@ def test_only_older_tools_are_refused(pg, pg18, tmp_path, store, monkeypatch):
                    "(only PostgreSQL 15's, which cannot serve a PostgreSQL 18 server)")
     assert hint.startswith("hint: install the PostgreSQL 18 client programs")
     assert not list(store.rglob("manifest.json"))
+
+
+def test_18_database_with_the_builtin_locale_provider(pg18, tmp_path, store):
+    """PostgreSQL 17+ keeps the locale in datlocale and knows the builtin provider: both survive."""
+    with pg18.connect() as conn:
+        conn.execute("CREATE DATABASE builtin_src TEMPLATE template0 ENCODING 'UTF8' "
+                     "LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'")
+    pg18.psql("CREATE TABLE t AS SELECT g AS id, 'é' || g AS v FROM generate_series(1, 300) g", "builtin_src")
+    cfg = load_config(write_config(tmp_path / "snapdb.toml", store, {
+        "prod": (pg18.url("builtin_src"), "production"), "dev": (pg18.url("builtin_dev"), "dev")}))
+    commands.snapshot(cfg, "prod")
+    commands.restore(cfg, into="dev", from_="prod")
+    with pg18.connect() as conn:
+        assert conn.execute("SELECT datlocprovider::text, datlocale FROM pg_database WHERE datname = 'builtin_dev'"
+                            ).fetchone() == ("b", "C.UTF-8")
+    assert_same_database(pg18, "builtin_src", "builtin_dev")
