@@ -149,7 +149,7 @@ class Bench:
 
     def build_regression(self) -> str:
         """Create pg_regression15 from realdb with its load.sh."""
-        realdb = Path(os.environ.get("SNAPDB_REALDB", ROOT.parent / "shared" / "realdb"))
+        realdb = Path(os.environ.get("SNAPDB_REALDB", ROOT / "fixtures" / "realdb"))
         if not (realdb / "load.sh").is_file():
             sys.exit(f"bench: realdb not found at {realdb} (set SNAPDB_REALDB, or use --skip-regression)")
         db = "pg_regression15"

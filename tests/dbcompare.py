@@ -20,12 +20,16 @@ def schema_dump(pg, dbname: str) -> str:
     return "\n".join(ln for ln in out.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict")))
 
 
-def baseline_copy(pg, src: str, name: str) -> str:
-    """Copy `src` to `name` with plain pg_dump | pg_restore (the reference for deparse drift)."""
-    with pg.connect() as conn:
+def baseline_copy(pg, src: str, name: str, dst_pg=None) -> str:
+    """Copy `src` to `name` with plain pg_dump | pg_restore (the reference for deparse drift).
+
+    With `dst_pg`, `name` is created there: `pg`'s own pg_dump, `dst_pg`'s pg_restore.
+    """
+    dpg = dst_pg or pg
+    with dpg.connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     dump = subprocess.run([pg.tool("pg_dump"), "-Fc", "-d", pg.conninfo(src)], capture_output=True, check=True).stdout
-    subprocess.run([pg.tool("pg_restore"), "--exit-on-error", "-d", pg.conninfo(name)], input=dump,
+    subprocess.run([dpg.tool("pg_restore"), "--exit-on-error", "-d", dpg.conninfo(name)], input=dump,
                    capture_output=True, check=True)
     return name
 
@@ -96,11 +100,13 @@ def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = 
                          lo_oids: bool = True, dst_pg=None) -> None:
     """Assert `dst` equals `src`: schema (or `schema_reference`'s), rows, sequences, LOs, props.
 
-    `dst_pg`: the cluster holding `dst` when it is not `pg` (a restore onto a second server);
+    `dst_pg`: the cluster holding `dst` (and `schema_reference`) when it is not `pg` (a restore
+    onto a second server; across major versions pass a reference on `dst_pg`, since each
+    pg_dump version writes its own text);
     `lo_oids` False compares large objects by owner and content only (`src` loaded anew)."""
     pg2 = dst_pg or pg
-    ref = schema_reference or src
-    a, b = schema_dump(pg, ref), schema_dump(pg2, dst)
+    ref, ref_pg = (schema_reference, pg2) if schema_reference else (src, pg)
+    a, b = schema_dump(ref_pg, ref), schema_dump(pg2, dst)
     if a != b:
         import difflib
 

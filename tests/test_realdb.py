@@ -1,4 +1,4 @@
-"""Acceptance 1: the six real databases of ../shared/realdb round-trip faithfully."""
+"""Acceptance 1: the six real databases of fixtures/realdb round-trip faithfully."""
 
 from __future__ import annotations
 
@@ -44,3 +44,18 @@ def test_realdb_roundtrip(pg, tmp_path, store, case):
     assert res.snapshot_id == info.id
     reference = baseline_copy(pg, src, f"{src}_plain") if case in REWRITTEN_ON_RELOAD else None
     assert_same_database(pg, src, target, schema_reference=reference)
+
+
+def test_realdb_fixtures_are_the_upstream_files():
+    """The copies in fixtures/realdb are byte for byte the files their SHA256SUMS lists."""
+    import hashlib
+
+    listed = {}
+    for line in (REALDB / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name.removeprefix("./")] = digest
+    assert len(listed) == 33
+    for name, digest in listed.items():
+        assert hashlib.sha256((REALDB / name).read_bytes()).hexdigest() == digest, name
+    for case in CASES:  # every case keeps its upstream licence beside its files
+        assert any(p.name.lower().startswith(("licen", "copyright")) for p in (REALDB / case).iterdir()), case
