@@ -256,8 +256,9 @@ def restore(
     if as_json:
         _emit_json(res.to_json())
         return
+    how = "verified" if res.verified == "full" else "verified quickly (files, row counts and catalog; no read-back)"
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
-         f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, verified")
+         f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, {how}")
     if res.previous and res.previous not in res.dropped_previous:
         _say(f"previous copy kept as {res.previous}")
     for d in res.dropped_previous:

@@ -79,6 +79,7 @@ class RestoreResult:
     rows: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    verified: str = "full"  # full: every table read back; quick: files, row counts and catalog only
 
     def to_json(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -262,7 +263,7 @@ def _resolve_target(cfg: Config, into: str, server: str | None, m: mf.Manifest) 
 
 def _check_target_allowed(cfg: Config, into: str, ep: Endpoint, dbname: str, m: mf.Manifest) -> None:
     for name, svc in cfg.services.items():
-        same_db = (svc.server_key(), svc.dbname) == (ep.server_key(), dbname)
+        same_db = svc.dbname == dbname and ep.server_key() in {svc.server_key(), svc.admin().server_key()}
         if svc.role == "production" and (name == into or same_db):
             raise RefusedError(
                 f"refusing to restore into {name!r}: it is a production service",
@@ -315,15 +316,60 @@ def restore(
     role_map = cfg.services[into].role_map if into in cfg.services else (
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
-                          drop_slots=drop_slots, detach_subscriptions=detach_subscriptions)
+                          drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
+                          protected=_production_identities(cfg, st))
     out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
                            verify=verify, options=opts, reporter=reporter)
     warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
-        tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings,
+        tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings, verified=out.verified,
     )
+
+
+def _quick_sysid(ep: Endpoint) -> str | None:
+    """The system identifier of `ep`'s server, trying for a few seconds only (None: unknown)."""
+    try:
+        with psycopg.connect(ep.conninfo(), autocommit=True, connect_timeout=5) as conn:
+            return system_identifier(conn)
+    except psycopg.Error:
+        return None
+
+
+def _production_identities(cfg: Config, st: Store | None) -> list[dict]:
+    """Who the production databases are, beyond the names in the configuration: database name,
+    the servers of both `url` and `admin_url`, and the system identifier (from the service's own
+    snapshots, else asked for a few seconds; None when unknown)."""
+    out = []
+    for name, svc in cfg.services.items():
+        if svc.role != "production":
+            continue
+        sysid = None
+        if st is not None:
+            try:
+                _n, own, _other = _of_source(cfg, name, st)
+                sysid = next((m.server.get("system_identifier") for m in own if m.server.get("system_identifier")), None)
+            except SnapdbError:
+                sysid = None
+        sysid = sysid or _quick_sysid(svc) or (_quick_sysid(svc.admin()) if svc.admin_params else None)
+        out.append({"name": name, "dbname": svc.dbname, "system_identifier": sysid,
+                    "servers": sorted({svc.server_key(), svc.admin().server_key()})})
+    return out
+
+
+def _production_by_identity(cfg: Config, st: Store | None, dbname: str, servers: set, sysid: str | None) -> str | None:
+    """The production service whose database this is (by server address or system identifier)."""
+    for p in _production_identities(cfg, st):
+        if p["dbname"] != dbname:
+            continue
+        if servers & {tuple(x) for x in p["servers"]}:
+            return p["name"]
+        if p["system_identifier"] and sysid and str(p["system_identifier"]) == str(sysid):
+            return p["name"]
+        if not p["system_identifier"]:
+            return p["name"]  # cannot tell it from production's: treat it as production
+    return None
 
 
 def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:
@@ -343,6 +389,7 @@ def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) 
         rec.restored_from_server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
         rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname, "oid": out.oid,
                         "system_identifier": out.system_identifier}
+        rec.seconds = round(out.seconds, 3)
         history.write_catalog(st, rec)
     except psycopg.Error as exc:
         return [f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}"]
@@ -415,9 +462,13 @@ class UpgradeResult:
 
 
 def _production_service(cfg: Config, ref: str, ep: Endpoint) -> str | None:
-    """The production service `ref` is, or points at (same server and database), if any."""
+    """The production service `ref` is, or points at (same database on the server of its `url`
+    or its `admin_url`), if any. (`_production_by_identity` also compares system identifiers.)"""
     for name, svc in cfg.services.items():
-        if svc.role == "production" and (name == ref or (svc.server_key(), svc.dbname) == (ep.server_key(), ep.dbname)):
+        if svc.role != "production":
+            continue
+        keys = {svc.server_key(), svc.admin().server_key()}
+        if name == ref or (svc.dbname == ep.dbname and ({ep.server_key(), ep.admin().server_key()} & keys)):
             return name
     return None
 
@@ -465,6 +516,15 @@ def upgrade(
         scripts = stack.enter_context(releases.open_scripts(mdir, to))
         releases.check_release(rel, scripts)
         session = stack.enter_context(migrate.UpgradeSession(ep.admin(), lock=changes))
+        if prod is None:  # the same database reached another way (an alias, another address)?
+            try:
+                known = st if st is not None else _store(cfg, store, read=False)
+            except ConfigError:
+                known = None
+            prod = _production_by_identity(cfg, known, ep.dbname, {ep.server_key(), ep.admin().server_key()},
+                                           session.system_identifier)
+            if prod is not None and st is None:
+                st = known
         restored, restored_server = _provenance(st, session, ep)
         worktree = None
         if session.current and scripts.commit and not scripts.knows(session.current):

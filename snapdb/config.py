@@ -31,7 +31,9 @@ DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
 DEFAULT_MIGRATIONS = "migrations"
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles"}
+_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles", "hooks"}
+HOOK_POINTS = ("before_freeze", "after_freeze", "after_swap", "on_abort")
+_HOOK_KEYS = set(HOOK_POINTS) | {"timeout"}
 _URL_PREFIXES = ("postgresql://", "postgres://")
 
 
@@ -52,6 +54,8 @@ class Endpoint:
     migrations: str | None = None
     admin_params: dict[str, str] | None = None
     role_map: dict[str, str] = field(default_factory=dict)
+    hooks: dict[str, str] = field(default_factory=dict)  # [services.X.hooks]: point -> shell command
+    hook_timeout: float = 60.0
 
     @property
     def dbname(self) -> str:
@@ -284,6 +288,13 @@ def _parse(data: dict, path: Path) -> Config:
         cfg.services[name] = Endpoint(params=params, name=name, role=role,
                                       migrations=_path_string(svc, "migrations", where),
                                       admin_params=admin, role_map=_role_map(svc.get("roles", {}), where))
+        hooks = _section(svc, "hooks", _HOOK_KEYS, f"{where} hooks")
+        for point in HOOK_POINTS:
+            cmd = _path_string(hooks, point, f"{where} hooks")
+            if cmd:
+                cfg.services[name].hooks[point] = cmd
+        if "timeout" in hooks:
+            cfg.services[name].hook_timeout = parse_duration(hooks["timeout"], f"{where} hooks timeout").total_seconds()
     upgrade = _section(data, "upgrade", _UPGRADE_KEYS, f"{path} [upgrade]")
     cfg.migrations = _path_string(upgrade, "migrations", f"{path} [upgrade]")
     if "rehearsal_max_age" in upgrade:

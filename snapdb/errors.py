@@ -87,6 +87,14 @@ class MigrationError(SnapdbError):
     kind = "migration"
 
 
+class AbortedError(SnapdbError):
+    """A cutover was aborted and undone: the old database serves again, unfrozen; the new one
+    was removed. Nothing was lost."""
+
+    exit_code = 12
+    kind = "aborted"
+
+
 #: exit code -> meaning; ``docs/exit-codes.md`` documents exactly these.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -101,5 +109,6 @@ EXIT_CODES: dict[int, str] = {
     BusyError.exit_code: "another snapdb run holds the lock for this target",
     ToolError.exit_code: "pg_dump / pg_restore (or git) of a suitable version not found",
     MigrationError.exit_code: "an upgrade revision failed; the database stays at the last revision that succeeded",
+    AbortedError.exit_code: "a cutover was aborted and undone: the old database serves again, unfrozen, and nothing was lost",
     130: "interrupted (SIGINT)",
 }

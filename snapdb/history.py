@@ -100,6 +100,7 @@ class Record:
     error: str | None = None
     snapdb_version: str = __version__
     restored_from_server: dict | None = None  # catalog only: the restored snapshot's source server
+    seconds: float | None = None  # catalog only: how long the operation took
 
     # `database` and `restored_from_server` live in the catalog only: snapdb.history has no columns for them
 
@@ -136,7 +137,7 @@ def _table() -> sql.Composable:
     return sql.Identifier(SNAPDB_SCHEMA, "history")
 
 
-_COLUMNS = [f.name for f in fields(Record) if f.name not in ("database", "restored_from_server")]
+_COLUMNS = [f.name for f in fields(Record) if f.name not in ("database", "restored_from_server", "seconds")]
 
 
 def ensure_table(conn: psycopg.Connection) -> None:
@@ -227,7 +228,8 @@ def restore_record(server: Endpoint, target: str, manifest: mf.Manifest) -> Reco
     return rec
 
 
-def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Manifest) -> Record | None:
+def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Manifest,
+                   conn: psycopg.Connection | None = None) -> Record | None:
     """Write the ``restore`` row into freshly built database `dbname` that becomes `target`, and
     return the record (its catalog copy is published after the swap).
 
@@ -238,9 +240,13 @@ def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Mani
     if not manifest.release:
         return rec
     try:
-        with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+        if conn is not None:  # the caller's session on `dbname` (in its transaction)
             ensure_table(conn)
             insert(conn, rec)
+            return rec
+        with connect(server, TargetError, dbname=dbname, autocommit=True) as own:
+            ensure_table(own)
+            insert(own, rec)
     except psycopg.Error as exc:
         raise TargetError(f"recording the restore in snapdb.history failed: {first_line(exc)}",
                           hint="the target is unchanged") from None

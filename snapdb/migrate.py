@@ -152,7 +152,7 @@ class UpgradeSession:
             raise
 
     def close(self) -> None:
-        self.conn.close()  # ends the session, and with it the advisory lock
+        self.conn.close()  # ends the session, and with it the lock
 
     def __enter__(self) -> UpgradeSession:
         return self

@@ -57,6 +57,19 @@ def is_prev_of(target: str, dbname: str) -> bool:
     ).isdigit()
 
 
+def looks_like_prev(dbname: str) -> bool:
+    """Tell whether `dbname` has the shape of a previous copy's name (``…__prev_YYYYmmddTHHMMSS``),
+    of any target: a later run for that target would take it for its own and drop it."""
+    stamp = dbname[-15:]
+    return (len(dbname) > len(PREV_MARK) + 15 and dbname[:-15].endswith(PREV_MARK) and stamp[8] == "T"
+            and (stamp[:8] + stamp[9:]).isdigit())
+
+
+def quote_ident(name: str) -> str:
+    """`name` as a double-quoted SQL identifier (for hints and messages)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def valid_dbname(name: str) -> bool:
     """Tell whether `name` can be a database name (non-empty, no NUL, at most 63 bytes)."""
     return bool(name) and "\x00" not in name and len(name.encode("utf-8")) <= MAX_IDENT_BYTES

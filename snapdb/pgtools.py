@@ -295,12 +295,16 @@ def run_tool(
     finally:
         if stdout_path:
             out.close()
-    tail: deque[str] = deque(maxlen=20)
+    tail: deque[str] = deque(maxlen=40)
+    first: list[str] = []  # the first error lines: with --jobs the last one is only "a worker process died"
 
     def drain() -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
-            tail.append(raw.decode("utf-8", "replace").rstrip())
+            line = raw.decode("utf-8", "replace").rstrip()
+            if len(first) < 20 and ("error" in line.lower() or line.lstrip().startswith("Command was:")):
+                first.append(line)
+            tail.append(line)
 
     t = threading.Thread(target=drain, daemon=True)
     t.start()
@@ -312,10 +316,24 @@ def run_tool(
         raise
     t.join()
     if rc != 0:
-        errors = [ln for ln in tail if "error" in ln.lower()] or list(tail)
-        detail = errors[-1] if errors else f"exit status {rc}"
-        detail = re.sub(r"^(pg_dump|pg_restore): (error: )?", "", detail)
-        raise error_cls(f"{what} failed: {detail}")
+        raise error_cls(f"{what} failed: {tool_error(first + list(tail), rc)}")
+
+
+_NOISE = ("a worker process died unexpectedly", "could not execute query")
+
+
+def tool_error(lines: list[str], rc: int) -> str:
+    """The most useful line of a failed client program's stderr: its first real error (with
+    ``--jobs``, the last line is only "a worker process died unexpectedly"), with the statement
+    it was running when pg_restore says which ("Command was: …", cut to 200 characters)."""
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    real = [ln for ln in errors if not any(n in ln for n in _NOISE)] or errors or lines
+    detail = re.sub(r"^(pg_dump|pg_restore): (error: )?", "", real[0]) if real else f"exit status {rc}"
+    detail = re.sub(r"^could not execute query: ", "", detail)
+    cmd = next((ln.strip()[len("Command was:"):].strip() for ln in lines if ln.strip().startswith("Command was:")), None)
+    if cmd:
+        detail += f" (while running: {cmd[:200]}{'…' if len(cmd) > 200 else ''})"
+    return detail
 
 
 def conninfo_arg(conninfo: str) -> list[str]:

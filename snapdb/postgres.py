@@ -208,7 +208,7 @@ def set_sequences(conn: psycopg.Connection, seqs: list[SequenceValue]) -> None:
 
 
 def control_session(ep: Endpoint, error_cls: type[SnapdbError], dbname: str | None = None) -> psycopg.Connection:
-    """Open an autocommit session meant to hold an advisory lock while idle for a long time:
+    """Open an autocommit session meant to hold a lock (`snapdb.locks`) while idle for a long time:
     the timeouts that would end it (and release the lock) are disabled."""
     conn = connect(ep, error_cls, dbname=dbname, autocommit=True)
     try:
@@ -221,7 +221,7 @@ def control_session(ep: Endpoint, error_cls: type[SnapdbError], dbname: str | No
 
 
 def keep_session_alive(conn: psycopg.Connection) -> None:
-    """Disable the timeouts that would end a long-idle control session (and its advisory lock)."""
+    """Disable the timeouts that would end a long-idle control session (and the lock it holds)."""
     names = ["statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"]
     if conn.info.server_version >= 140000:
         names.append("idle_session_timeout")

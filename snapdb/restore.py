@@ -1,42 +1,44 @@
 """Restore a snapshot into a temporary database, verify it, and swap it in by rename.
 
-Plan and order (each step safe to interrupt; the target is touched only by the final swap):
+`Build` is one restore on one server, in phases that `restore_snapshot` runs in order (the
+cutover runs them too, with its own swap). Each phase is safe to interrupt; the target is touched
+only by the swap:
 
-1. Refuse system databases and snapdb's own side databases as targets; verify every snapshot
-   file against the manifest (sha256, size).
-2. On the target server (a session to the maintenance database): refuse the snapshot's own
-   source; take the server-wide lock of the target's name (`locks`: a second run, whichever
-   maintenance database it uses, gets `BusyError`); read what the target carries (`swap.inspect`:
-   prepared transactions, logical slots, subscriptions, closed to connections) and refuse what a
-   rename would silently break; extract the schema archive and check that every role it needs
-   exists (after the role map) and can be given ownership (`roles`), listing every problem at
-   once.
-3. Drop the previous copies the rotation would drop anyway (so the peak is the target, the
-   copies kept and the build), and a build left by an interrupted run.
-4. ``CREATE DATABASE <tmp> OWNER <owner>`` with the snapshot's encoding, locale and locale
-   provider stated explicitly; remember its OID. Restore the pre-data and data sections
-   (schema, large objects), set the sequences, load every table part with COPY in `jobs` worker
-   processes (through the partition root where enum OIDs decide the partition), restore the
-   post-data section with ``pg_restore -j``. Every pg_restore runs with ``--exit-on-error``;
-   the server's row count for each file must equal the manifest's. With a role map, the schema
-   sections go through ``pg_restore -f - | roles.rewrite | psql`` instead.
-5. Verify the build, by OID, against the manifest (``verify="full"`` reads every table back),
-   running ANALYZE beside it; stop the workers, whose sessions would block the rename.
-6. Write a managed database's ``restore`` row; apply owner, comment, connection limit, grants
-   and settings to the build.
-7. Swap (`swap.swap_in`), in one transaction: terminate the target's sessions, rename it to a
-   ``__prev_`` name, rename the build into place, and prove the database now called target has
-   the build's OID. Then drop or detach what the old copy carried when told to (slots,
-   subscriptions), and drop previous copies beyond `keep_previous`.
+1. `prepare`: refuse system databases, snapdb's side databases, templates and production
+   databases as targets; verify every snapshot file (sha256, size); on the target server (a
+   session to the maintenance database) refuse the snapshot's own source, take the server-wide
+   lock of the target's name (`locks`), read what the target carries (`swap.inspect`) and refuse
+   what a rename would break; check, before anything exists, every right the run will need
+   (ownership of the target, CREATEDB, ending other roles' sessions, dropping slots, detaching
+   subscriptions) and every role the snapshot needs (`roles`, after the role map); pick the
+   pg_restore for this server. Detach any subscription still enabled in an earlier copy set
+   aside (a run killed after its swap could leave one consuming).
+2. `make_room`: drop previous copies beyond `keep_previous` (surplus the policy drops whatever
+   happens; the copies it keeps stay until the swap has committed).
+3. `build`: ``CREATE DATABASE <tmp> OWNER <owner>`` with the snapshot's encoding, locale and
+   locale provider stated explicitly, remembering its OID; restore the schema, load every table
+   part with COPY in `jobs` worker processes (through the partition root where enum OIDs decide
+   the partition), restore the post-data section. Then a `hold.TableHold` in SHARE mode keeps
+   every other session from writing to the build while it is verified (by OID) against the
+   manifest (ANALYZE runs in the hold's transaction meanwhile); a managed database's ``restore``
+   row and the database-level properties are written.
+4. `seal`: end every other session on the build, check its catalog fingerprint has not moved
+   since verification, and commit the hold: what is swapped in is what was verified.
+5. `swap` (`swap.swap_in`), in one transaction: check again what the target carries, end the
+   target's and the build's sessions, rename the target aside and the build into place, and prove
+   by OID that the database now called target is this run's build.
+6. `after_swap`: detach and drop what the old copy carried when told to, drop previous copies
+   beyond `keep_previous`. The restore has happened: problems here are warnings.
 
-Any failure before step 7 commits drops the build (only the one with this run's OID) and leaves
-the target as it was.
+Any failure before the swap commits drops the build (only the one with this run's OID) and
+leaves the target as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +46,13 @@ from pathlib import Path
 import psycopg
 import zstandard
 
-from . import faults, history, locks, manifest as mf, names, pgtools, pipes, roles, swap
+from . import faults, fingerprint, history, locks, manifest as mf, names, pgtools, pipes, roles, swap
 from .compression import open_zstd
 from .config import Endpoint
-from .errors import IntegrityError, RefusedError, TargetError
+from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
+from .hold import TableHold
 from .postgres import (
-    DatabaseProps, apply_database_props, connect, control_session, create_database, drop_database,
+    SNAPDB_SCHEMA, DatabaseProps, apply_database_props, connect, control_session, create_database, drop_database,
     first_line, set_sequences, system_identifier,
 )
 from .progress import NULL, Reporter
@@ -71,7 +74,8 @@ class RestoreOptions:
     and the database owned by the restoring role; no grants, on objects or the database).
     `role_map`: source role -> target role. `drop_slots` / `detach_subscriptions`: replace a
     target that has logical slots (dropped with the old copy) or subscriptions (disabled and
-    detached in the copy set aside) instead of refusing.
+    detached in the copy set aside) instead of refusing. `protected`: databases that must never
+    be replaced (production services), each ``{"name", "dbname", "servers", "system_identifier"}``.
     """
 
     no_owner: bool = False
@@ -79,6 +83,7 @@ class RestoreOptions:
     role_map: dict[str, str] = field(default_factory=dict)
     drop_slots: bool = False
     detach_subscriptions: bool = False
+    protected: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -92,20 +97,22 @@ class RestoreOutcome:
     seconds: float = 0.0
     oid: int | None = None
     system_identifier: str | None = None  # the target server's, when the role may read it
+    verified: str = "full"
     warnings: list[str] = field(default_factory=list)
 
 
 def check_target_name(target: str, maintenance_db: str) -> None:
     """Refuse targets that must never be replaced: system databases, the maintenance database,
-    and snapdb's own temporary builds."""
+    and names of snapdb's own side databases (temporary builds, previous copies)."""
     if not names.valid_dbname(target):
         raise TargetError(f"invalid target database name {target!r} (1 to 63 bytes, no NUL)")
     if target in SYSTEM_DATABASES or target == maintenance_db:
         what = "the maintenance database" if target == maintenance_db and target not in SYSTEM_DATABASES else "a system database"
         raise RefusedError(f"refusing to restore into {target!r}: it is {what}",
                            hint="restore into a database of your own, e.g. --into service0-dev; nothing was changed")
-    if target.endswith(names.TMP_SUFFIX):
-        raise RefusedError(f"refusing to restore into {target!r}: the name is one of snapdb's temporary builds",
+    if target.endswith(names.TMP_SUFFIX) or names.looks_like_prev(target):
+        raise RefusedError(f"refusing to restore into {target!r}: the name is one of snapdb's side databases "
+                           "(a temporary build or a previous copy, which a later run may drop)",
                            hint="restore into the database it belongs to; nothing was changed")
 
 
@@ -130,120 +137,325 @@ def restore_snapshot(
     for each file, the tables present, sequence values and the large-object count: what was
     loaded is provably the snapshot's rows; "full" also proves what the server stored.
     """
-    if verify not in VERIFY_MODES:
-        raise TargetError(f"unknown verification mode {verify!r} (one of {', '.join(VERIFY_MODES)})")
-    opts = options or RestoreOptions()
     started = time.monotonic()
-    jobs = max(1, jobs)
-    check_target_name(target, maintenance_db)
-    pool = WorkerPool(jobs, reporter)
-    maint = None
-    workdir = None
+    b = Build(store, manifest, server, target, jobs=jobs, maintenance_db=maintenance_db, verify=verify,
+              options=options, reporter=reporter)
     try:
-        bad = verify_files(store, manifest, reporter, pool=pool)
+        b.prepare()
+        dropped = b.make_room(keep_previous)
+        faults.checkpoint("restore:room-made")
+        try:
+            b.build()
+            b.seal()
+            faults.checkpoint("restore:before-swap")
+            previous = b.swap()
+        except BaseException:
+            b.discard()
+            raise
+        faults.checkpoint("restore:swapped")
+        out = RestoreOutcome(target=target, previous=previous, dropped=dropped, tables=len(manifest.tables),
+                             rows=manifest.rows, oid=b.oid, system_identifier=b.sysid, verified=verify)
+        out.warnings = list(b.warnings)
+        out.kept, more = b.after_swap(previous, keep_previous, out.warnings)
+        out.dropped += more
+    except psycopg.Error as exc:
+        raise TargetError(f"restore into {target!r} failed: {first_line(exc)}", hint=_privilege_hint(exc)) from None
+    finally:
+        b.close()
+    out.seconds = time.monotonic() - started
+    return out
+
+
+class Build:
+    """One restore build (see module docstring). `close()` always, in a ``finally``."""
+
+    def __init__(self, store: Store, manifest: mf.Manifest, server: Endpoint, target: str, *, jobs: int = 2,
+                 maintenance_db: str = "postgres", verify: str = "full", options: RestoreOptions | None = None,
+                 reporter: Reporter = NULL, build_name: str | None = None, lock: bool = True,
+                 operation: str = "restore") -> None:
+        if verify not in VERIFY_MODES:
+            raise TargetError(f"unknown verification mode {verify!r} (one of {', '.join(VERIFY_MODES)})")
+        self.store, self.manifest, self.server, self.target = store, manifest, server, target
+        self.jobs, self.maintenance_db, self.verify = max(1, jobs), maintenance_db, verify
+        self.opts = options or RestoreOptions()
+        self.reporter = reporter
+        self.tmp = build_name or names.tmp_name(target)
+        self.lock, self.operation = lock, operation
+        self.pool: WorkerPool | None = None
+        self.maint: psycopg.Connection | None = None
+        self.workdir: Path | None = None
+        self.hold: TableHold | None = None
+        self.state = swap.TargetState(exists=False)
+        self.oid: int | None = None
+        self.sysid: str | None = None
+        self.owner: str | None = None
+        self.tool = ""
+        self.archive: Path | None = None
+        self.warnings: list[str] = []
+        self._fingerprint: dict | None = None
+
+    # -- 1. prepare -------------------------------------------------------------------------------
+    def prepare(self, inspect_target: bool = True) -> None:
+        if inspect_target:
+            check_target_name(self.target, self.maintenance_db)
+        self.pool = WorkerPool(self.jobs, self.reporter)
+        bad = verify_files(self.store, self.manifest, self.reporter, pool=self.pool)
         if bad:
             raise IntegrityError(
-                f"snapshot {manifest.id} is damaged: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                f"snapshot {self.manifest.id} is damaged: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
                 hint="the target was not touched; restore another snapshot",
             )
         faults.checkpoint("restore:files-verified")
-        maint = control_session(server, TargetError, dbname=maintenance_db)  # holds the lock for the whole build
-        where = f"{target!r} on {server.host}:{server.port}"
-        _check_not_source(maint, manifest, server, target)
-        locks.acquire(maint, target, "restore", where)
+        self.maint = control_session(self.server, TargetError, dbname=self.maintenance_db)
+        self.sysid = system_identifier(self.maint)
+        self._refuse_protected()
+        _check_not_source(self.maint, self.manifest, self.server, self.target)
+        if self.lock:
+            locks.acquire(self.maint, self.target, self.operation, f"{self.target!r} on {self.server.host}:{self.server.port}")
         faults.checkpoint("restore:locked")
-        state = swap.inspect(maint, target)
-        swap.refuse_unsafe(state, target, drop_slots=opts.drop_slots, detach_subscriptions=opts.detach_subscriptions)
-        workdir = pgtools.scratch_dir()
-        archive = _extract_archive(store, manifest, workdir)
-        tool = _restore_tool(manifest, maint)
-        owner = _check_roles(maint, archive, manifest.database, opts, tool)
-        outcome = RestoreOutcome(target=target, previous=None, tables=len(manifest.tables), rows=manifest.rows)
-        outcome.dropped = _make_room(maint, server, target, keep_previous, state.exists)
-        faults.checkpoint("restore:room-made")
-        tmp = names.tmp_name(target)
-        tmp_oid = None
+        if inspect_target:
+            self.state = swap.inspect(self.maint, self.target)
+            swap.refuse_unsafe(self.state, self.target, drop_slots=self.opts.drop_slots,
+                               detach_subscriptions=self.opts.detach_subscriptions)
+            self._check_rights()
+            self.warnings += swap.detach_leftovers(self.maint, self.server, self.target)
+        self.workdir = pgtools.scratch_dir()
+        self.archive = _extract_archive(self.store, self.manifest, self.workdir)
+        self.tool = _restore_tool(self.manifest, self.maint)
+        self.owner = _check_roles(self.maint, self.archive, self.manifest.database, self.opts, self.tool)
+
+    def _refuse_protected(self) -> None:
+        key = self.server.server_key()
+        for p in self.opts.protected:
+            if p["dbname"] != self.target:
+                continue
+            same = key in {tuple(s) for s in p["servers"]}
+            if not same and p.get("system_identifier") and self.sysid:
+                same = str(p["system_identifier"]) == str(self.sysid)
+            if not same and not p.get("system_identifier"):
+                same = True  # cannot tell this server from production's: treat it as production
+            if same:
+                raise RefusedError(f"refusing to restore into {self.target!r}: it is production service {p['name']!r}'s "
+                                   "database", hint="a restore replaces its target; restore into a dev or standby "
+                                   "database instead; nothing was changed")
+
+    def _check_rights(self) -> None:
+        """Refuse, before anything is built, what the run could only find out later."""
+        m = self.maint
+        st = self.state
+        su, createdb, replication = m.execute(
+            "SELECT rolsuper, rolcreatedb, rolreplication FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+        problems = []
+        if not (su or createdb):
+            problems.append("it needs CREATEDB")
+        if st.exists:
+            row = m.execute("SELECT datistemplate, pg_catalog.pg_get_userbyid(datdba), "
+                            "pg_catalog.pg_has_role(datdba, 'MEMBER') FROM pg_catalog.pg_database WHERE datname = %s",
+                            (self.target,)).fetchone()
+            if row[0]:
+                raise RefusedError(f"refusing to replace {self.target!r}: it is a template database (IS_TEMPLATE), "
+                                   "which cannot be dropped", hint=f"ALTER DATABASE {names.quote_ident(self.target)} "
+                                   "IS_TEMPLATE false first, if it really is to be replaced; nothing was changed")
+            if not (su or row[2]):
+                problems.append(f"it must own {self.target!r} (be a member of {row[1]}) to rename and drop it")
+            blockers = m.execute(
+                """SELECT DISTINCT a.usename, r.rolsuper FROM pg_catalog.pg_stat_activity a
+                   JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
+                   WHERE a.datname = %s AND a.pid <> pg_catalog.pg_backend_pid()
+                     AND NOT pg_catalog.pg_has_role(a.usesysid, 'MEMBER')""", (self.target,)).fetchall()
+            signal = su or m.execute("SELECT pg_catalog.pg_has_role('pg_signal_backend', 'MEMBER')").fetchone()[0]
+            stuck = [u for u, usu in blockers if (usu and not su) or not signal]
+            if stuck:
+                problems.append(f"it cannot end the sessions of {', '.join(sorted(stuck))} on {self.target!r} at the swap "
+                                "(GRANT pg_signal_backend to it; a superuser's sessions need a superuser)")
+            if st.slots and self.opts.drop_slots and not (su or replication):
+                problems.append("dropping replication slots (--drop-slots) needs REPLICATION")
+            if st.subscriptions and self.opts.detach_subscriptions:
+                foreign = [r[0] for r in m.execute(
+                    "SELECT subname FROM pg_catalog.pg_subscription WHERE subdbid = %s "
+                    "AND NOT pg_catalog.pg_has_role(subowner, 'MEMBER')", (st.oid,))]
+                if foreign and not su:
+                    problems.append(f"detaching subscription(s) {', '.join(foreign)} needs their owner (or a superuser)")
+        if problems:
+            raise TargetError(f"the restoring role cannot complete this restore: {'; '.join(problems)}",
+                              hint="see docs/quickstart.md (least-privilege roles); nothing was changed")
+
+    # -- 2. room --------------------------------------------------------------------------------
+    def make_room(self, keep_previous: int) -> list[str]:
+        """Drop previous copies beyond the newest `keep_previous` before building: copies the
+        policy would drop whatever this run does (e.g. after `--keep-previous` was lowered).
+        The copies kept stay until the swap has committed. Peak disk: target, `keep_previous`
+        copies and the build."""
+        assert self.maint is not None
+        doomed = swap.prev_copies(self.maint, self.target)[max(keep_previous, 0):]
+        dropped = []
+        for d in doomed:
+            note = swap.try_drop_copy(self.maint, self.server, d)
+            if note:
+                self.warnings.append(note)
+            else:
+                dropped.append(d)
+        return dropped
+
+    # -- 3. build ---------------------------------------------------------------------------------
+    def build(self, props: DatabaseProps | None = None) -> int:
+        """Create, load and verify the build; apply `props` (default: the manifest's, mapped).
+        Returns the build's OID."""
+        assert self.maint is not None and self.pool is not None and self.archive is not None
+        drop_database(self.maint, self.tmp)  # a build left by an interrupted run (we hold the lock)
+        self.oid = create_database(self.maint, self.tmp, self.manifest.database, owner=self.owner)
+        faults.checkpoint("restore:created")
+        _build(self.pool, self.store, self.manifest, self.server, self.tmp, self.jobs, self.reporter, self.archive,
+               self.tool, self.opts)
+        faults.checkpoint("restore:loaded")
+        self.hold = TableHold(self.server, self.tmp, "SHARE", TargetError, on_wait=self._end_build_sessions)
+        analyzer = _InThread(lambda: self.hold.conn.execute("ANALYZE"))
         try:
-            drop_database(maint, tmp)  # a build left by an interrupted run (we hold the lock)
-            tmp_oid = create_database(maint, tmp, manifest.database, owner=owner)
-            faults.checkpoint("restore:created")
-            _build(pool, store, manifest, server, tmp, jobs, reporter, archive, tool, opts)
-            faults.checkpoint("restore:loaded")
-            diffs = verify_database(server, manifest, error_cls=TargetError, dbname=tmp, jobs=jobs, reporter=reporter,
-                                    pool=pool, analyze=True, read_tables=verify == "full", expected_oid=tmp_oid)
-            pool.close()  # the workers' sessions must be gone before the rename
-            if diffs:
-                raise IntegrityError(
-                    f"restored database differs from snapshot {manifest.id}: {diffs[0]}"
-                    + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""),
-                    hint="the target was not touched",
-                )
-            faults.checkpoint("restore:verified")
-            history.record_restore(server, tmp, target, manifest)  # managed sources: the `restore` row
-            with maint.transaction():
-                apply_database_props(maint, tmp, _mapped_props(manifest.database, opts, owner))
-            faults.checkpoint("restore:before-swap")
-            outcome.previous = swap.swap_in(maint, target, tmp, tmp_oid, keep_closed=not state.allow_connections)
-            outcome.oid = tmp_oid
-            outcome.system_identifier = system_identifier(maint)
-        except BaseException:
-            pool.close()
-            swap.drop_build_quietly(maint, server, maintenance_db, tmp, target, tmp_oid)
-            raise
-        faults.checkpoint("restore:swapped")
-    except psycopg.Error as exc:
-        pool.close()
-        if maint is not None:
-            maint.close()
-        raise TargetError(f"restore into {target!r} failed: {first_line(exc)}", hint=_privilege_hint(exc)) from None
-    except BaseException:
-        pool.close()
-        if maint is not None:
-            maint.close()
-        raise
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if not state.allow_connections:
-        outcome.warnings.append(f"{target!r} did not allow connections (ALLOW_CONNECTIONS false); the new copy does not either")
-    try:
-        outcome.warnings += _after_swap(maint, server, target, outcome.previous, state, opts, keep_previous, outcome)
-    except psycopg.Error as exc:
-        raise TargetError(
-            f"{target!r} now holds snapshot {manifest.id}, but dropping older copies failed: {first_line(exc)}",
-            hint=f"drop the {names.prev_prefix(target)}* databases you no longer need by hand",
-        ) from None
-    finally:
-        maint.close()
-    outcome.seconds = time.monotonic() - started
-    return outcome
+            self._fingerprint = fingerprint.fingerprint(self.hold.conn)
+            analyzer.start()
+            diffs = verify_database(self.server, self.manifest, error_cls=TargetError, dbname=self.tmp, jobs=self.jobs,
+                                    reporter=self.reporter, pool=self.pool, read_tables=self.verify == "full",
+                                    expected_oid=self.oid)
+        finally:
+            analyzer.join()
+        self.pool.close()  # the workers' sessions must be gone before the rename
+        if diffs:
+            raise IntegrityError(
+                f"restored database differs from snapshot {self.manifest.id}: {diffs[0]}"
+                + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""),
+                hint="the target was not touched",
+            )
+        faults.checkpoint("restore:verified")
+        history.record_restore(self.server, self.tmp, self.target, self.manifest, conn=self.hold.conn)
+        with self.maint.transaction():
+            apply_database_props(self.maint, self.tmp, props or _mapped_props(self.manifest.database, self.opts, self.owner))
+        return self.oid
+
+    def _end_build_sessions(self, own: int | None = None) -> list[tuple]:
+        """End every session on the build but the hold's own (pid `own`, default the current
+        hold's); return (pid, user, application) of each."""
+        assert self.maint is not None
+        own = own if own is not None else (self.hold.pid if self.hold is not None else 0)
+        found = self.maint.execute(
+            "SELECT pid, usename, application_name FROM pg_catalog.pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s", (self.tmp, own)).fetchall()
+        for pid, user, _app in found:
+            try:
+                self.maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+            except psycopg.errors.InsufficientPrivilege:
+                raise TargetError(f"a session of {user} is connected to the build {self.tmp!r} and cannot be ended",
+                                  hint="the target is unchanged; grant the restoring role pg_signal_backend") from None
+        return found
+
+    # -- 4. seal ------------------------------------------------------------------------------------
+    def seal(self) -> None:
+        """Close the build to new sessions (until the swap opens it), end the others, check
+        nothing moved since verification, commit the hold."""
+        assert self.hold is not None and self._fingerprint is not None and self.maint is not None
+        swap.close_build(self.maint, self.tmp)
+        intruders = self._end_build_sessions()
+        now = fingerprint.fingerprint(self.hold.conn)
+        moved = fingerprint.diff(self._fingerprint, now, ignore_schemas=(SNAPDB_SCHEMA,))  # its history row is ours
+        if moved:
+            found = ", ".join(f"{u}/{a or '-'}" for _, u, a in intruders)
+            who = f" (sessions found on it: {found})" if intruders else ""
+            raise IntegrityError(f"the build {self.tmp!r} changed after it was verified: {moved[0]}{who}",
+                                 hint="something else writes to snapdb's build; the target is unchanged")
+        self.hold.commit()
+        self.hold.close()
+        self.hold = None
+
+    # -- 5. swap ----------------------------------------------------------------------------------------
+    def swap(self, aside: str | None = None) -> str | None:
+        assert self.maint is not None and self.oid is not None
+        return swap.swap_in(self.maint, self.target, self.tmp, self.oid, keep_closed=not self.state.allow_connections,
+                            aside=aside, recheck=lambda c: self._recheck(c))
+
+    def _recheck(self, conn: psycopg.Connection) -> None:
+        """Inside the swap transaction: what the target carries now (it may have changed during
+        a long build) must still be acceptable."""
+        st = swap.inspect(conn, self.target)
+        swap.refuse_unsafe(st, self.target, drop_slots=self.opts.drop_slots, detach_subscriptions=self.opts.detach_subscriptions)
+        new = (set(st.slots) - set(self.state.slots)) | (set(st.subscriptions) - set(self.state.subscriptions))
+        if new:
+            raise RefusedError(f"{self.target!r} gained {', '.join(sorted(new))} while the copy was built; refusing to "
+                               "replace it", hint="run the restore again; the target is unchanged")
+        self.state = st
+
+    def discard(self) -> None:
+        """Drop the build after a failure (only the one this run created)."""
+        if self.hold is not None:
+            self.hold.close()
+            self.hold = None
+        if self.pool is not None:
+            self.pool.close()
+        swap.drop_build_quietly(self.maint, self.server, self.maintenance_db, self.tmp, self.target, self.oid)
+
+    # -- 6. after the swap ---------------------------------------------------------------------------------
+    def after_swap(self, previous: str | None, keep_previous: int, warnings: list[str]) -> tuple[list[str], list[str]]:
+        """Detach what the old copy carried (when told to) and rotate previous copies; every
+        problem becomes a warning, since the restore has happened. Returns (kept, dropped)."""
+        assert self.maint is not None
+        if not self.state.allow_connections:
+            warnings.append(f"{self.target!r} did not allow connections (ALLOW_CONNECTIONS false); the new copy does not either")
+        if previous and self.state.subscriptions:
+            try:
+                done = swap.detach_subscriptions(self.server, previous)
+                warnings.append(f"disabled and detached {', '.join(done)} in {previous!r}; the publisher keeps its slots")
+            except SnapdbError as exc:
+                warnings.append(f"{exc.message} (the copy set aside may still consume; the next run retries)")
+        if previous and self.state.slots:
+            for slot in self.state.slots:
+                try:
+                    self.maint.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (slot,))
+                except psycopg.Error as exc:
+                    warnings.append(f"could not drop replication slot {slot}: {first_line(exc)}")
+            warnings.append(f"dropped replication slot(s) {', '.join(self.state.slots)} with the old copy (--drop-slots)")
+        prevs = swap.prev_copies(self.maint, self.target)
+        kept, dropped = prevs[:max(keep_previous, 0)], []
+        for d in prevs[max(keep_previous, 0):]:
+            note = swap.try_drop_copy(self.maint, self.server, d)
+            if note:
+                warnings.append(note)
+                kept.append(d)
+            else:
+                dropped.append(d)
+        return kept, dropped
+
+    def close(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
+        if self.pool is not None:
+            self.pool.close()
+        if self.maint is not None:
+            self.maint.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _after_swap(maint, server, target, previous, state, opts, keep_previous, outcome) -> list[str]:
-    """Deal with what the set-aside copy carries, then rotate previous copies."""
-    notes = []
-    if previous and state.subscriptions:
-        done = swap.detach_subscriptions(server, previous)
-        notes.append(f"disabled and detached {', '.join(done)} in {previous!r}; the publisher keeps its slots")
-    if previous and state.slots:
-        for slot in state.slots:
-            maint.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (slot,))
-        notes.append(f"dropped replication slot(s) {', '.join(state.slots)} with the old copy (--drop-slots)")
-    outcome.kept, dropped = swap.rotate(maint, server, target, keep_previous)
-    outcome.dropped += dropped
-    return notes
+class _InThread:
+    """Run a callable in a thread, re-raising its exception at `join`."""
 
+    def __init__(self, fn) -> None:
+        self.fn, self.exc, self.t = fn, None, None
 
-def _make_room(maint, server: Endpoint, target: str, keep_previous: int, target_exists: bool) -> list[str]:
-    """Drop, before building, the previous copies the rotation after the swap would drop: the
-    swap turns the current target into one more previous copy, so only the newest
-    ``keep_previous - 1`` survive it. Peak disk: target + kept copies + build."""
-    keep = keep_previous - 1 if target_exists else keep_previous
-    prevs = swap.prev_copies(maint, target)
-    doomed = prevs[max(keep, 0):]
-    for d in doomed:
-        swap.drop_copy(maint, server, d)
-    return doomed
+    def start(self) -> None:
+        def run():
+            try:
+                self.fn()
+            except BaseException as exc:  # noqa: BLE001 (re-raised in join)
+                self.exc = exc
+        self.t = threading.Thread(target=run, daemon=True)
+        self.t.start()
+
+    def join(self) -> None:
+        if self.t is not None:
+            self.t.join()
+        if self.exc is not None:
+            exc, self.exc = self.exc, None
+            if isinstance(exc, psycopg.Error):
+                raise TargetError(f"ANALYZE of the build failed: {first_line(exc)}") from None
+            raise exc
 
 
 def _privilege_hint(exc: psycopg.Error) -> str:
@@ -297,12 +509,21 @@ def _restore_flags(opts: RestoreOptions) -> list[str]:
     return (["--no-owner"] if opts.no_owner else []) + (["--no-privileges"] if opts.no_privileges else [])
 
 
+def _schema_entries(tool: str, archive: Path) -> Path:
+    """A ``-L`` list of every archive entry but table and large-object contents."""
+    toc = list(pipes.lines_of([tool, "-l", str(archive)], TargetError, "listing the schema archive"))
+    path = archive.with_name("schema.list")
+    path.write_text("".join(roles.schema_list(toc)), encoding="utf-8", errors="surrogateescape")
+    return path
+
+
 def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps, opts: RestoreOptions,
                  tool: str) -> str | None:
     """Check every role the restore needs (see `roles`); return the build's owner (None: the
-    restoring role). Raises `TargetError` listing every missing role and every ownership the
-    restoring role cannot give."""
-    refs = roles.scan(pipes.lines_of([tool, "--section=pre-data", "--section=post-data", "-f", "-", str(archive)],
+    restoring role). Raises `TargetError` listing every missing role and every ownership or
+    setting the restoring role cannot give."""
+    entries = _schema_entries(tool, archive)
+    refs = roles.scan(pipes.lines_of([tool, "-L", str(entries), "-f", "-", str(archive)],
                                      TargetError, "reading the schema archive"))
     needs: dict[str, set[str]] = {}
     for role, uses in refs.uses.items():
@@ -321,7 +542,9 @@ def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps,
                 needs.setdefault(g["grantee"], set()).add("database privilege")
     for role in props.role_settings:
         needs.setdefault(role, set()).add("database settings")
-    mapped = {opts.role_map.get(r, r): uses for r, uses in needs.items()}
+    mapped: dict[str, set[str]] = {}
+    for r, uses in needs.items():
+        mapped.setdefault(opts.role_map.get(r, r), set()).update(uses)
     tr = roles.target_roles(maint)
     missing = sorted(r for r in mapped if r not in tr.existing)
     problems = []
@@ -331,8 +554,12 @@ def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps,
     cannot = [r for r in owners if not tr.can_set(r)]
     if cannot:
         problems.append(f"role {tr.current} cannot give ownership to {', '.join(cannot)} (it is not a member)")
-    if props.role_settings and not (tr.superuser or tr.createrole):
-        problems.append(f"role {tr.current} cannot set per-role settings in the database (needs CREATEROLE)")
+    unsettable = [r for r in sorted({opts.role_map.get(x, x) for x in props.role_settings})
+                  if r in tr.existing and not tr.can_alter(r)]
+    if unsettable:
+        problems.append(f"role {tr.current} cannot set per-role settings for {', '.join(unsettable)} in the database "
+                        + ("(needs CREATEROLE and ADMIN OPTION on them)" if maint.info.server_version >= 160000
+                           else "(needs CREATEROLE)"))
     if problems:
         raise TargetError(
             "the target server is not ready for this snapshot: " + "; ".join(problems),
@@ -360,23 +587,18 @@ def _mapped_props(props: DatabaseProps, opts: RestoreOptions, owner: str | None)
 
 def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, tool: str,
                 opts: RestoreOptions) -> None:
-    base = [tool, "--exit-on-error", "--no-tablespaces"] + _restore_flags(opts) + [f"--section={s}" for s in sections]
     what = f"pg_restore ({'+'.join(sections)})"
-    schema = [s for s in sections if s != "data"]
-    if opts.role_map and schema:
+    flags = ["--no-tablespaces"] + _restore_flags(opts) + [f"--section={s}" for s in sections]
+    if opts.role_map:
         # role names rewritten on the way: pg_restore prints SQL, psql runs it in one transaction
         psql = str(Path(tool).with_name("psql"))
         consumer = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"] + \
             pgtools.conninfo_arg(server.conninfo(dbname)) + ["-f", "-"]
-        producer = [tool, "--no-tablespaces"] + _restore_flags(opts) + [f"--section={s}" for s in schema] + \
-            ["-f", "-", str(archive)]
+        producer = [tool] + flags + ["-f", "-", str(archive)]
         pipes.pipe_through(producer, consumer, lambda lines: roles.rewrite(lines, opts.role_map), TargetError, what)
-        if "data" not in sections:
-            return
-        base = [tool, "--exit-on-error", "--no-tablespaces"] + _restore_flags(opts) + ["--section=data"]
-    elif jobs > 1:
-        base.append(f"--jobs={jobs}")
-    pgtools.run_tool(base + pgtools.conninfo_arg(server.conninfo(dbname)) + [str(archive)], TargetError, what)
+        return
+    argv = [tool, "--exit-on-error"] + flags + ([f"--jobs={jobs}"] if jobs > 1 else [])
+    pgtools.run_tool(argv + pgtools.conninfo_arg(server.conninfo(dbname)) + [str(archive)], TargetError, what)
 
 
 def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int,
@@ -415,4 +637,3 @@ def _load_tables(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: 
     pool.run_items(load_part, [(session, store, mf.key(manifest.id, p["file"]), t.load_ref()) for t, p in parts],
                    [sizes.get(p["file"], 0) for _, p in parts], on_done=done)
     reporter.done()
-

@@ -3,57 +3,32 @@
 Roles are not part of a snapshot: every role that owns an object, receives a privilege, is named
 by a policy or a user mapping, owns the database or has settings in it must exist on the target
 server (a missing one used to stop every nightly refresh halfway). `scan` reads them from the
-snapshot's schema archive; `check` compares them with the target server's roles and the
-restoring role's rights, and raises one error listing every problem.
+snapshot's schema archive; the restore compares them with the target server's roles and the
+restoring role's rights (`target_roles`) and raises one error listing every problem.
 
-How the archive is read: ``pg_restore --schema-only -f -`` prints the archive as SQL, one block
-per archive entry, each opened by pg_restore's own header comment (``-- Name: …; Type: …;
-Schema: …; Owner: …``). Role names appear in fixed places only: the ``ALTER … OWNER TO r;`` line
-pg_restore writes as the last statement of an entry, the statements of ``ACL`` and ``DEFAULT ACL``
-entries (``GRANT … TO r``, ``REVOKE … FROM r``, ``ALTER DEFAULT PRIVILEGES FOR ROLE r``,
-``SET SESSION AUTHORIZATION r``), the ``TO`` list of a ``POLICY`` entry and the ``FOR r`` of a
-``USER MAPPING``. Anything else (a function body that happens to contain ``GRANT``, a comment)
-is never read as a role reference nor rewritten.
+How the archive is read: ``pg_restore -f -`` prints it as SQL, which `snapdb.sqltext` splits
+into top-level statements, so nothing inside a string literal, a dollar-quoted function body, a
+quoted identifier or a comment is ever taken for a statement. Role names appear only in
+statements pg_dump itself generates, recognised by their leading words: ``ALTER … OWNER TO r``,
+``GRANT … TO r``, ``REVOKE … FROM r``, ``ALTER DEFAULT PRIVILEGES FOR ROLE r …``,
+``SET SESSION AUTHORIZATION r``, ``CREATE POLICY … TO r, …`` and ``CREATE USER MAPPING FOR r``.
 
-Mapping (``[services.X.roles]``, source role -> target role): `rewrite` replaces the names in
-exactly those places. A restore with a mapping runs the schema sections through
-``pg_restore -f - | rewrite | psql`` instead of plain pg_restore (see `restore`).
+Mapping (``[services.X.roles]``, source role -> target role): `rewrite` replaces exactly those
+role tokens, writing every mapped name as a quoted identifier (keywords included); everything
+else passes through byte for byte. A restore with a mapping runs every section of the archive
+through ``pg_restore -f - | rewrite | psql`` instead of plain pg_restore (see `restore`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
 
-_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*)'
-_HEADER = re.compile(r"^-- Name: .*; Type: (?P<type>[A-Z][A-Z ]*?); Schema: .*; Owner: .*$")
-_OWNER = re.compile(rf"^(?P<head>ALTER .+ OWNER TO )(?P<role>{_IDENT})(?P<tail>;)$")
-_GRANT = re.compile(rf"^(?P<head>(?:ALTER DEFAULT PRIVILEGES FOR ROLE {_IDENT}(?: IN SCHEMA {_IDENT})? )?GRANT .+ TO )"
-                    rf"(?P<role>{_IDENT})(?P<tail>(?: WITH GRANT OPTION)?;)$")
-_REVOKE = re.compile(rf"^(?P<head>(?:ALTER DEFAULT PRIVILEGES FOR ROLE {_IDENT}(?: IN SCHEMA {_IDENT})? )?REVOKE .+ FROM )"
-                     rf"(?P<role>{_IDENT})(?P<tail>(?: CASCADE)?;)$")
-_DEFAULT_FOR = re.compile(rf"^(?P<head>ALTER DEFAULT PRIVILEGES FOR ROLE )(?P<role>{_IDENT})(?P<tail> .*)$")
-_SESSION_AUTH = re.compile(rf"^(?P<head>SET SESSION AUTHORIZATION )(?P<role>{_IDENT});$")
-_POLICY = re.compile(rf"^(?P<head>CREATE POLICY {_IDENT} ON {_IDENT}(?:\.{_IDENT})?(?: AS [A-Z]+)?(?: FOR [A-Z]+)? TO )"
-                     rf"(?P<roles>{_IDENT}(?:, {_IDENT})*)(?P<tail>(?: USING \(| WITH CHECK \(|;).*)$", re.S)
-_MAPPING = re.compile(rf"^(?P<head>CREATE USER MAPPING FOR )(?P<role>{_IDENT})(?P<tail> SERVER .*)$", re.S)
-_KEYWORDS = {"PUBLIC", "CURRENT_USER", "SESSION_USER", "CURRENT_ROLE"}
-_SESSION_LINES = ("SET ", "SELECT pg_catalog.set_config(", "\\", "--")
+from . import sqltext
 
-
-def unquote(ident: str) -> str:
-    if ident.startswith('"'):
-        return ident[1:-1].replace('""', '"')
-    return ident.lower()
-
-
-def quote(name: str) -> str:
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name.upper() not in _KEYWORDS:
-        return name
-    return '"' + name.replace('"', '""') + '"'
+_KEYWORDS = {"public", "current_user", "session_user", "current_role"}
 
 
 @dataclass
@@ -68,110 +43,109 @@ class RoleRefs:
     def owners(self) -> set[str]:
         return {r for r, u in self.uses.items() if "owner" in u}
 
-    def merge(self, other: RoleRefs) -> None:
-        for r, u in other.uses.items():
-            for x in u:
-                self.add(r, x)
 
+def _role_positions(tokens: list[tuple[str, str]]) -> list[tuple[int, str]]:
+    """Token indexes of the role names in one generated statement, with what each is for."""
+    w = sqltext.words(tokens)
+    if not w:
+        return []
+    up = [t.upper() if kind == "ident" else None for _, kind, t in w]
 
-def _blocks(lines: Iterable[str]) -> Iterator[tuple[str | None, list[str]]]:
-    """Split pg_restore's text output into (entry type, lines) blocks; text before the first
-    header comes with type None. A block starts at the ``--`` line above its header."""
-    kind: str | None = None
-    block: list[str] = []
-    pending: list[str] = []  # a "--" line that may open the next header
-    for line in lines:
-        m = _HEADER.match(line.rstrip("\n"))
-        if m and pending:
-            yield kind, block
-            kind, block = m.group("type"), pending + [line]
-            pending = []
-            continue
-        if pending:
-            block.extend(pending)
-            pending = []
-        if line.rstrip("\n") == "--":
-            pending = [line]
-        else:
-            block.append(line)
-    block.extend(pending)
-    yield kind, block
+    def ident_at(j: int, string: bool = False) -> bool:
+        return 0 <= j < len(w) and w[j][1] in (("ident", "qident", "string") if string else ("ident", "qident"))
 
+    def top_level_last(word: str) -> int | None:
+        depth, found = 0, None
+        for j, (_, kind, t) in enumerate(w):
+            if kind == "op" and t == "(":
+                depth += 1
+            elif kind == "op" and t == ")":
+                depth -= 1
+            elif depth == 0 and up[j] == word:
+                found = j
+        return found
 
-def _map_one(raw: str, mapping: dict[str, str], refs: RoleRefs, use: str) -> str:
-    """Record one role token and return it mapped (keywords such as PUBLIC stay as they are)."""
-    if not raw.startswith('"') and raw.upper() in _KEYWORDS:
-        return raw
-    name = unquote(raw)
-    refs.add(name, use)
-    return quote(mapping[name]) if name in mapping else raw
-
-
-def _sub_role(m: re.Match, mapping: dict[str, str], refs: RoleRefs, use: str) -> str:
-    return m.group("head") + _map_one(m.group("role"), mapping, refs, use) + (m.groupdict().get("tail") or "")
-
-
-def _process_block(kind: str | None, block: list[str], mapping: dict[str, str], refs: RoleRefs) -> list[str]:
-    """Record the role references of one block and return it with `mapping` applied."""
-    if kind is None:
-        return block
-    out = list(block)
-    if kind in ("ACL", "DEFAULT ACL"):
-        for i, line in enumerate(out):
-            text, nl = line.rstrip("\n"), line[len(line.rstrip("\n")):]
-            for rx, use in ((_GRANT, "grantee"), (_REVOKE, "grantee"), (_SESSION_AUTH, "grantor")):
-                m = rx.match(text)
-                if m:
-                    text = _sub_role(m, mapping, refs, use)
-                    break
-            m = _DEFAULT_FOR.match(text)
-            if m:
-                text = _sub_role(m, mapping, refs, "default privileges")
-            out[i] = text + nl
-        return out
-    if kind == "POLICY":
-        for i, line in enumerate(out):
-            m = _POLICY.match(line)
-            if m:
-                roles = re.findall(_IDENT, m.group("roles"))
-                new = ", ".join(_map_one(r, mapping, refs, "policy") for r in roles)
-                out[i] = m.group("head") + new + m.group("tail")
+    out: list[tuple[int, str]] = []
+    if up[0] in ("GRANT", "REVOKE") or up[:4] == ["ALTER", "DEFAULT", "PRIVILEGES", "FOR"]:
+        if up[:4] == ["ALTER", "DEFAULT", "PRIVILEGES", "FOR"] and len(w) > 5 and up[4] in ("ROLE", "USER") and ident_at(5):
+            out.append((w[5][0], "default privileges"))
+        verb = "GRANT" if "GRANT" in up else "REVOKE"
+        j = top_level_last("TO" if verb == "GRANT" else "FROM")
+        if j is not None and ident_at(j + 1):
+            out.append((w[j + 1][0], "grantee"))
+    elif up[:3] == ["SET", "SESSION", "AUTHORIZATION"] and ident_at(3, string=True):
+        out.append((w[3][0], "grantor"))
+    elif up[:2] == ["CREATE", "POLICY"]:
+        j = next((k for k in range(2, len(w)) if up[k] == "TO"), None)
+        k = (j or 0) + 1
+        while j is not None and ident_at(k) and up[k] not in ("USING", "WITH"):
+            out.append((w[k][0], "policy"))
+            if k + 1 < len(w) and w[k + 1][2] == ",":
+                k += 2
+            else:
                 break
-    elif kind == "USER MAPPING":
-        for i, line in enumerate(out):
-            m = _MAPPING.match(line)
-            if m:
-                out[i] = _sub_role(m, mapping, refs, "user mapping")
-                break
-    # the owner statement is the block's last statement (pg_restore writes it after the entry's
-    # definition, so a matching line inside a function body is never taken for it); only the
-    # session settings pg_restore writes for the next entry (SET …, set_config, psql's \
-    # commands) may follow it, each on a line of its own
-    for i in range(len(out) - 1, -1, -1):
-        text = out[i].rstrip("\n")
-        if not text.strip() or text.startswith(_SESSION_LINES):
-            continue
-        m = _OWNER.match(text)
-        if m:
-            out[i] = _sub_role(m, mapping, refs, "owner") + out[i][len(text):]
-        break
+    elif up[:4] == ["CREATE", "USER", "MAPPING", "FOR"] and ident_at(4):
+        out.append((w[4][0], "user mapping"))
+    elif up[0] == "ALTER" and len(w) >= 5 and up[-4:-2] == ["OWNER", "TO"] and ident_at(len(w) - 2) and w[-1][2] == ";":
+        out.append((w[-2][0], "owner"))
     return out
 
 
-def rewrite(lines: Iterable[str], mapping: dict[str, str], refs: RoleRefs | None = None) -> Iterator[str]:
-    """Yield pg_restore's text output `lines` with role names mapped (see module docstring),
-    recording every role reference (under its source name) in `refs`."""
+def _name(kind: str, text: str) -> str | None:
+    """The role a token names, or None for PUBLIC / CURRENT_USER and the like."""
+    if kind == "string":
+        return text[1:-1].replace("''", "'") if text.startswith("'") else None
+    name = sqltext.unquote(kind, text)
+    return None if kind == "ident" and name in _KEYWORDS else name
+
+
+def rewrite(chunks: Iterable[str], mapping: dict[str, str], refs: RoleRefs | None = None) -> Iterator[str]:
+    """Yield pg_restore's text output with role names mapped (see module docstring), recording
+    every role reference (under its source name) in `refs`."""
     refs = refs if refs is not None else RoleRefs()
-    for kind, block in _blocks(lines):
-        yield from _process_block(kind, block, mapping, refs)
+    for piece in sqltext.statements(chunks):
+        if piece.kind != "statement":
+            yield piece.text
+            continue
+        positions = _role_positions(piece.tokens)
+        if not positions:
+            yield piece.text
+            continue
+        tokens = list(piece.tokens)
+        for idx, use in positions:
+            kind, text = tokens[idx]
+            name = _name(kind, text)
+            if name is None:
+                continue
+            refs.add(name, use)
+            if name in mapping:
+                new = sqltext.quote(mapping[name])
+                tokens[idx] = (kind, "'" + mapping[name].replace("'", "''") + "'" if kind == "string" else new)
+        yield "".join(t for _, t in tokens)
 
 
-def scan(lines: Iterable[str]) -> RoleRefs:
-    """The role references of pg_restore's text output `lines`."""
+def scan(chunks: Iterable[str]) -> RoleRefs:
+    """The role references of pg_restore's text output."""
     refs = RoleRefs()
-    for _ in rewrite(lines, {}, refs):
+    for _ in rewrite(chunks, {}, refs):
         pass
     return refs
+
+
+def schema_list(toc_lines: Iterable[str]) -> list[str]:
+    """The lines of ``pg_restore -l`` to keep for scanning: every entry but table and
+    large-object contents (``TABLE DATA``, ``BLOBS``), which name no roles and can be large.
+    Large-object metadata (``BLOB`` / ``BLOB METADATA``, in the data section from pg_dump 17 on)
+    and its ACLs stay."""
+    import re
+
+    out = []
+    for line in toc_lines:
+        m = re.match(r"^\s*\d+;\s+\d+\s+\d+\s+(.*)$", line)
+        if m and (m.group(1).startswith("TABLE DATA ") or m.group(1).startswith("BLOBS ")):
+            continue
+        out.append(line)
+    return out
 
 
 # -- the target server ---------------------------------------------------------------------------
@@ -184,6 +158,7 @@ class TargetRoles:
     createrole: bool
     current: str
     can_set: Callable[[str], bool]
+    can_alter: Callable[[str], bool] = lambda role: False  # may ALTER ROLE role IN DATABASE … SET
 
 
 def target_roles(conn: psycopg.Connection) -> TargetRoles:
@@ -200,4 +175,17 @@ def target_roles(conn: psycopg.Connection) -> TargetRoles:
             return False
         return bool(conn.execute("SELECT pg_catalog.pg_has_role(%s, %s)", (role, option)).fetchone()[0])
 
-    return TargetRoles(existing, bool(sup), bool(createrole), current, can_set)
+    def can_alter(role: str) -> bool:
+        if sup:
+            return True
+        if not createrole or role not in existing:
+            return False
+        row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if row[0]:
+            return False  # only superusers alter superusers
+        if conn.info.server_version >= 160000:  # 16+: CREATEROLE needs ADMIN OPTION on the role
+            return bool(conn.execute("SELECT pg_catalog.pg_has_role(%s, 'MEMBER WITH ADMIN OPTION')",
+                                     (role,)).fetchone()[0])
+        return True
+
+    return TargetRoles(existing, bool(sup), bool(createrole), current, can_set, can_alter)

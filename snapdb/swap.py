@@ -11,14 +11,17 @@ Contract:
   in one transaction, proving inside that transaction that the database now called `target` is
   the one with `build_oid` (the build this run made and verified): anything else rolls back.
 - `drop_copy(...)` drops a set-aside copy, first detaching and dropping its subscriptions
-  (which would otherwise make DROP DATABASE fail) and its logical slots, explicitly.
-- `rotate` drops previous copies beyond a count; `prev_copies` lists them, newest first.
+  (which would otherwise make DROP DATABASE fail) and its logical slots, explicitly;
+  `try_drop_copy` does the same but returns a warning instead of raising.
+- `detach_leftovers` disables subscriptions still enabled in a target's previous copies.
+- `prev_copies` lists a target's previous copies, newest first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -91,37 +94,49 @@ def prev_copies(conn: psycopg.Connection, target: str) -> list[str]:
 
 
 def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *,
-            keep_closed: bool = False, attempts: int = SWAP_ATTEMPTS) -> str | None:
+            keep_closed: bool = False, attempts: int = SWAP_ATTEMPTS, aside: str | None = None,
+            recheck: Callable[[psycopg.Connection], None] | None = None) -> str | None:
     """Rename `target` aside and `build` into place in one transaction; return the name the old
     target got (None when there was none).
 
-    Inside the transaction, after the renames, the database now named `target` must have OID
-    `build_oid`, else the transaction rolls back and `IntegrityError` is raised: whatever took
-    the build's name is never swapped in. With `keep_closed` the new database refuses
-    connections like the one it replaces (``ALLOW_CONNECTIONS false``). Sessions connected to
-    the target are terminated; new ones racing in are retried `attempts` times.
+    The build is expected closed to connections (``ALLOW_CONNECTIONS false``, so nobody can have
+    written to it since it was sealed); the transaction opens it again unless `keep_closed`
+    (the target refused connections too). `recheck(conn)` runs first inside the transaction (to
+    refuse a target that changed meanwhile). After the renames the database now named `target`
+    must have OID `build_oid`, else the transaction rolls back and `IntegrityError` is raised:
+    whatever took the build's name is never swapped in. `aside` names the old target (default:
+    a ``__prev_`` name). Sessions connected to the target are terminated; new ones racing in
+    are retried `attempts` times.
     """
     existed = database_exists(conn, target)
     prev = None
     if existed:
         taken = set(list_databases(conn))
-        when = mf.utcnow()
-        prev = names.prev_name(target, when)
-        while prev in taken:
-            when += timedelta(seconds=1)
+        if aside:
+            prev = aside
+        else:
+            when = mf.utcnow()
             prev = names.prev_name(target, when)
-    last: psycopg.Error | None = None
+            while prev in taken:
+                when += timedelta(seconds=1)
+                prev = names.prev_name(target, when)
+    last: str = "busy"
     for attempt in range(attempts):
         try:
             with conn.transaction():
+                if recheck is not None:
+                    recheck(conn)
                 if existed:
                     terminate_sessions(conn, target)
                     rename_database(conn, target, prev)
+                terminate_sessions(conn, build)
                 rename_database(conn, build, target)
                 row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (target,)).fetchone()
                 if row is None or int(row[0]) != build_oid:
                     raise _NotOurs(row[0] if row else None)
-                if keep_closed:
+                if not keep_closed:
+                    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(target)))
+                else:
                     conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(target)))
             return prev
         except _NotOurs as exc:
@@ -131,7 +146,7 @@ def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *
                 hint=f"another process replaced it; {target!r} is unchanged",
             ) from None
         except psycopg.errors.ObjectInUse as exc:  # a session raced in; terminate again
-            last = exc
+            last = first_line(exc)
             time.sleep(0.2 * (attempt + 1))
         except psycopg.errors.InsufficientPrivilege as exc:
             raise TargetError(
@@ -140,9 +155,14 @@ def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *
                      "allowed to end its sessions (GRANT pg_signal_backend TO the role); the target is unchanged",
             ) from None
     raise TargetError(
-        f"could not swap {target!r}: {first_line(last) if last else 'busy'}",
-        hint="sessions keep reconnecting to the target; the target is unchanged",
+        f"could not swap {target!r}: {last}",
+        hint=f"sessions keep connecting to {target!r} (see pg_stat_activity); the target is unchanged",
     )
+
+
+def close_build(conn: psycopg.Connection, build: str) -> None:
+    """Refuse new connections to the build (everyone's, superusers' too) until the swap."""
+    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(build)))
 
 
 class _NotOurs(Exception):
@@ -187,13 +207,34 @@ def detach_subscriptions(server: Endpoint, dbname: str, drop: bool = False) -> l
     return done
 
 
-def rotate(conn: psycopg.Connection, server: Endpoint, target: str, keep: int) -> tuple[list[str], list[str]]:
-    """Drop previous copies of `target` beyond the newest `keep`; return (kept, dropped)."""
-    prevs = prev_copies(conn, target)
-    kept, dropped = prevs[:max(keep, 0)], prevs[max(keep, 0):]
-    for d in dropped:
-        drop_copy(conn, server, d)
-    return kept, dropped
+def try_drop_copy(conn: psycopg.Connection, server: Endpoint, dbname: str) -> str | None:
+    """`drop_copy`, but a failure comes back as a warning (None when dropped)."""
+    try:
+        drop_copy(conn, server, dbname)
+        return None
+    except (psycopg.Error, SnapdbError) as exc:
+        text = exc.message if isinstance(exc, SnapdbError) else first_line(exc)
+        return f"could not drop {dbname!r} ({text}); it is kept, drop it when it can be"
+
+
+def detach_leftovers(conn: psycopg.Connection, server: Endpoint, target: str) -> list[str]:
+    """Disable and detach subscriptions still enabled in `target`'s previous copies (a copy set
+    aside must never consume its publisher's slot); return warnings for what could not be."""
+    notes = []
+    for d in prev_copies(conn, target):
+        st = inspect(conn, d)
+        if not st.subscriptions:
+            continue
+        enabled = conn.execute("SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = %s AND subenabled",
+                               (st.oid,)).fetchone()[0]
+        if not enabled:
+            continue
+        try:
+            done = detach_subscriptions(server, d)
+            notes.append(f"disabled and detached {', '.join(done)} left enabled in the copy set aside {d!r}")
+        except SnapdbError as exc:
+            notes.append(f"{exc.message}: the copy set aside {d!r} may still consume its publisher's slot")
+    return notes
 
 
 def drop_build_quietly(conn: psycopg.Connection | None, server: Endpoint, maintenance_db: str, build: str,

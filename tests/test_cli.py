@@ -71,7 +71,10 @@ def test_hint_for_missing_privileges(pg, tmp_path, dbname):
     ensure_roles(pg, "no_createdb", options="LOGIN")
     store = str(tmp_path / "store")
     assert run_cli("snapshot", pg.url(src), "--store", store).returncode == 0
+    trace = tmp_path / "trace"
+    trace.mkdir()
     r = run_cli("restore", "--into", src + "_x", "--server", pg.url(user="no_createdb"), "--store", store,
-                "--no-owner", "--no-privileges")
+                "--no-owner", "--no-privileges", env={"SNAPDB_TRACE_DIR": str(trace)})
     assert r.returncode == 5, r.stderr
-    assert "permission denied to create database" in r.stderr and "CREATEDB" in r.stderr.splitlines()[-1]
+    assert "it needs CREATEDB" in r.stderr and r.stderr.splitlines()[-1].startswith("hint: ")
+    assert not (trace / "restore:created.passed").exists()  # found out before anything was built

@@ -112,19 +112,21 @@ def test_system_databases_are_refused(pg, tmp_path, dbname):
 
 # -- point 18 ---------------------------------------------------------------------------------------
 def test_peak_disk_is_target_kept_copies_and_build(pg, tmp_path, dbname):
+    """Point 18: with --keep-previous N, the copies beyond N are dropped before the build, so the
+    peak is the target, N previous copies and the build (no more, whatever was kept before);
+    the N kept copies stay until the swap has committed."""
     src, target, cfg = _setup(pg, tmp_path, dbname)
-    assert run_cli("--config", cfg, "restore", "--into", "dev", "--keep-previous", "2").returncode == 0
-    assert run_cli("--config", cfg, "restore", "--into", "dev", "--keep-previous", "2").returncode == 0
+    for _ in range(3):
+        assert run_cli("--config", cfg, "restore", "--into", "dev", "--keep-previous", "3").returncode == 0
     family = lambda: sorted(d for d in databases(pg)  # noqa: E731
                             if d in (target, names.tmp_name(target)) or names.is_prev_of(target, d))
-    prevs = [d for d in family() if names.is_prev_of(target, d)]
-    assert len(prevs) == 2
-    # keep 1 from now on: while building, only the target and the build exist
+    prevs = sorted((d for d in family() if names.is_prev_of(target, d)), reverse=True)
+    assert len(prevs) == 3  # the target existed before the first restore
     faults, env = pause_env(tmp_path, "restore:created")
     proc = popen_cli("--config", cfg, "restore", "--into", "dev", "--keep-previous", "1", env=env)
     try:
         wait_for(faults / "restore:created.reached", proc)
-        assert family() == sorted([target, names.tmp_name(target)])
+        assert family() == sorted([target, prevs[0], names.tmp_name(target)])  # the two older copies went first
         (faults / "restore:created.go").touch()
         out, err = proc.communicate(timeout=120)
     finally:
@@ -133,6 +135,18 @@ def test_peak_disk_is_target_kept_copies_and_build(pg, tmp_path, dbname):
     assert proc.returncode == 0, err
     res = json.loads(run_cli("--config", cfg, "restore", "--into", "dev", "--keep-previous", "1", "--json").stdout)
     assert [d for d in family() if names.is_prev_of(target, d)] == [res["previous"]]
+
+
+def test_a_failed_build_keeps_the_previous_copy(pg, tmp_path, dbname):
+    """The copy --keep-previous keeps is not dropped before the new one is in place: a run killed
+    while building leaves the target and its previous copy as they were."""
+    src, target, cfg = _setup(pg, tmp_path, dbname)
+    assert run_cli("--config", cfg, "restore", "--into", "dev").returncode == 0
+    prev = json.loads(run_cli("--config", cfg, "restore", "--into", "dev", "--json").stdout)["previous"]
+    for step in ("restore:created", "restore:loaded", "restore:before-swap"):
+        r = run_cli("--config", cfg, "restore", "--into", "dev", env={"SNAPDB_KILL_AT": step})
+        assert r.returncode == -9
+        assert prev in databases(pg), step
 
 
 def test_a_busy_target_is_swapped_while_clients_reconnect(pg, tmp_path, dbname):

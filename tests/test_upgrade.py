@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -24,6 +25,7 @@ from snapdb.ledger import Ledger, checksum
 from .conftest import ROOT, popen_cli, run_cli
 from .dbcompare import schema_dump, table_fingerprints
 
+_templates = __import__("itertools").count(1)  # one template per module that uses it, same second or not
 V10, V11, V20 = "3f1c0a9e5b10", "7d2e4b8c1a21", "c94a06f3e872"
 V11_FILE = "versions/7d2e4b8c1a21_loyalty_tier_and_order_date_index.py"
 
@@ -32,7 +34,7 @@ V11_FILE = "versions/7d2e4b8c1a21_loyalty_tier_and_order_date_index.py"
 @pytest.fixture(scope="module")
 def template(pg):
     """A database at release v1.0 with service0's data, cloned by `db`."""
-    name = f"upgrade_template_{int(time.time())}"
+    name = f"upgrade_template_{int(time.time())}_{os.getpid()}_{next(_templates)}"
     with pg.connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     with pg.connect(name) as conn:
