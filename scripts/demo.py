@@ -1,5 +1,7 @@
 """`make demo`: snapshot a throwaway "prod" database, restore it into "dev", verify, refuse prod,
-then upgrade to release v2.0: refused on prod, rehearsed on dev, then allowed on prod.
+then release v2.0: refused on prod without a rehearsal, rehearsed on dev, then an A/B cutover of
+prod inside a write-freeze window while an application writes, with the freeze window and a
+zero-loss check of every write acknowledged to the application.
 
 Starts its own PostgreSQL cluster (initdb + pg_ctl on a free port, see `snapdb.cluster`), loads
 fixtures/service0.sql into database ``service0``, writes a snapdb.toml into a temporary work
@@ -30,6 +32,58 @@ STEP_TIMEOUT = 600
 
 class DemoFailed(Exception):
     pass
+
+
+class Writer:
+    """An application writing to prod through a cutover: inserts one audit-log row at a time,
+    reconnecting after errors, and remembers the id of every insert acknowledged to it."""
+
+    def __init__(self, conninfo: str) -> None:
+        import threading
+
+        self.conninfo = conninfo
+        self.acked: list[int] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        import psycopg
+
+        conn = None
+        n = 0
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+                n += 1
+                row = conn.execute("INSERT INTO app.\"audit-log\" (table_name, row_id, action) "
+                                   "VALUES ('demo-writer', %s, 'ping') RETURNING id", (n,)).fetchone()
+                self.acked.append(row[0])
+            except psycopg.Error:
+                self.refused += 1
+                if conn is not None and (conn.closed or conn.broken):
+                    conn = None
+                time.sleep(0.02)
+            time.sleep(0.005)
+
+    def wait(self, n: int, timeout: float = 60) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < n:
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the writer acknowledged only {len(self.acked)} inserts")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def heading(text: str) -> None:
@@ -68,7 +122,7 @@ def main() -> int:
     # Turn SIGTERM into a normal exit so that the finally block below still cleans up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="snapdb-demo-"))
-    cluster = Cluster("demo")
+    cluster = Cluster("demo", settings={"wal_level": "logical"})  # lets the cutover decode WAL for its proof
     try:
         heading("starting a throwaway PostgreSQL cluster")
         cluster.start()
@@ -81,6 +135,9 @@ def main() -> int:
         run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
              "-d", cluster.conninfo("service0"), "-f", str(FIXTURE)])
         cluster.psql("ALTER DATABASE service0 SET work_mem = '16MB'")
+        cluster.psql("CREATE ROLE app LOGIN")  # the application's role (not a superuser: no freeze stops those)
+        cluster.psql('GRANT USAGE ON SCHEMA app TO app; GRANT SELECT, INSERT ON app."audit-log" TO app',
+                     dbname="service0")
         cluster.psql("COMMENT ON DATABASE service0 IS 'service0 production database (demo)'")
 
         cfg = work / "snapdb.toml"
@@ -130,7 +187,26 @@ def main() -> int:
         snapdb("upgrade", "prod", "--to", "v2.0", expect=8)  # no rehearsal on record yet
         snapdb("upgrade", "dev", "--to", "v2.0", "--dry-run")
         snapdb("upgrade", "dev", "--to", "v2.0")  # the rehearsal: dev was restored from prod
-        snapdb("upgrade", "prod", "--to", "v2.0")
+
+        heading("the A/B cutover of prod to v2.0, in a write-freeze window, while an application writes")
+        snapdb("cutover", "prod", "--to", "v2.0", "--dry-run")
+        writer = Writer(cluster.conninfo("service0").replace("user=postgres", "user=app"))
+        writer.start()
+        writer.wait(100)
+        print(f"an application (role app) is writing: {len(writer.acked)} inserts acknowledged so far", flush=True)
+        snapdb("cutover", "prod", "--to", "v2.0", "--freeze", "--drain-timeout", "1")
+        writer.wait(len(writer.acked) + 100)  # it reconnected to the new service0 and goes on
+        writer.stop()
+        with cluster.connect("service0") as conn:
+            present = {r[0] for r in conn.execute(
+                "SELECT id FROM app.\"audit-log\" WHERE table_name = 'demo-writer'").fetchall()}
+        lost = [i for i in writer.acked if i not in present]
+        print(f"zero-loss check: the writer had {len(writer.acked)} inserts acknowledged ({writer.refused} refused "
+              f"during the freeze); {len(writer.acked) - len(lost)} of them are in the new service0, {len(lost)} lost",
+              flush=True)
+        if lost:
+            raise DemoFailed(f"{len(lost)} acknowledged writes are missing after the cutover")
+        snapdb("status", "prod")
         snapdb("snapshot", "prod", "--label", "at v2.0")
         snapdb("releases")
         run([psql, "-X", "-P", "footer=off", "-d", cluster.conninfo("service0"), "-c",

@@ -399,6 +399,178 @@ def releases(
             typer.echo(f"{d['service']}: at revision {d['revision'] or 'none (no version table)'}, not a release")
 
 
+class FreezeMode(str, enum.Enum):
+    read_only = "read-only"
+    offline = "offline"
+
+
+class CutoverMode(str, enum.Enum):
+    snapshot = "snapshot"
+
+
+def _secs(x) -> str:
+    return "?" if x is None else f"{x:.1f}s"
+
+
+@app.command()
+def cutover(
+    service: Annotated[str, typer.Argument(help="Service to cut over (from snapdb.toml).")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Release tag to cut over to.")] = None,
+    freeze: Annotated[bool, typer.Option("--freeze", help="Refuse writes while the new database is built (required: without it writes would be lost).")] = False,
+    freeze_mode: Annotated[FreezeMode, typer.Option("--freeze-mode", help="read-only (default): writes fail, reads go on; offline: new sessions are refused.")] = FreezeMode.read_only,
+    mode: Annotated[CutoverMode, typer.Option("--mode", help="How the new database is built: snapshot (copied inside the freeze).")] = CutoverMode.snapshot,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="Abort if the swap has not happened after this many seconds.")] = None,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", min=0, help="Seconds open sessions get to finish before they are terminated.")] = 5.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and the predicted freeze window; change nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted cutover.")] = False,
+    abort: Annotated[bool, typer.Option("--abort", help="Undo an unfinished cutover (the old database serves again, unfrozen).")] = False,
+    jobs: JobsOpt = 2,
+    migrations: MigrationsOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cut SERVICE over to a release inside a write-freeze window, with nothing lost and a way back.
+
+    Example: snapdb cutover prod --to v2.0 --freeze
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.cutover(cfg, service, to=to, freeze=freeze, freeze_mode=freeze_mode.value, mode=mode.value,
+                               timeout=timeout, drain_timeout=drain_timeout, dry_run=dry_run, resume=resume,
+                               abort=abort, jobs=jobs, migrations=migrations, store=store, reporter=_reporter(as_json))
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    p = res.plan or {}
+    pred = (p.get("prediction") or {})
+    if res.outcome == "planned":
+        typer.echo(f"plan: cut {res.service} ({p.get('database')}) over from {p.get('from_tag') or p.get('from_revision')} "
+                   f"to {res.tag} (revision {p.get('revision')}), freeze {p.get('freeze_mode')}")
+        typer.echo(f"scripts: {p.get('scripts')}, checksum {p.get('checksum')} matches the ledger; "
+                   f"rehearsal: {p.get('rehearsal') or 'not required'}")
+        for n, step in enumerate(p.get("steps") or [], 1):
+            typer.echo(f"  {n}. {step['revision']} {step['file']}: {step['doc']}")
+        parts = ", ".join(f"{k} {_secs(v)}" for k, v in (pred.get("parts") or {}).items())
+        typer.echo(f"predicted freeze window: {_secs(pred.get('seconds')) if pred.get('seconds') is not None else 'at least ' + _secs(pred.get('at_least_seconds'))} ({parts})")
+        typer.echo(f"proof: {p.get('proof')}; database {p.get('size_bytes', 0) / 1e6:.0f} MB")
+    elif res.outcome == "done":
+        _say(f"cut {res.service} over to {res.tag}: freeze window {_secs(res.freeze_window_seconds)} "
+             f"(predicted {_secs(res.predicted_seconds)}); old database set aside as {res.set_aside}")
+        for st in res.steps:
+            if st.get("seconds") is not None:
+                _say(f"  {st['name']:<10} {_secs(st['seconds'])}")
+        proof = res.proof or {}
+        cmp = res.compare or {}
+        _say(f"zero-loss check: no write after the freeze point ({proof.get('by')}); "
+             f"set-aside database {'matches' if cmp.get('matches') else 'DIFFERS FROM'} snapshot {res.snapshot_id}")
+        typer.echo(res.id or "")
+    else:
+        _say(f"cutover {res.id} of {res.service}: {res.outcome}")
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False)
+
+
+@app.command("freeze")
+def freeze_cmd(
+    service: Annotated[str, typer.Argument(help="Service to freeze.")],
+    mode: Annotated[FreezeMode, typer.Option("--mode", help="read-only (default) or offline.")] = FreezeMode.read_only,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", min=0, help="Seconds open sessions get before they are terminated.")] = 5.0,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Freeze SERVICE's writes for a manual window (undo with snapdb unfreeze).
+
+    Example: snapdb freeze prod --mode offline
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.freeze(cfg, service, mode=mode.value, drain_timeout=drain_timeout, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    _say(f"{res.service} frozen ({res.mode}) since {res.started_at}; {res.drained.get('terminated', 0)} session(s) ended")
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False)
+
+
+@app.command()
+def unfreeze(
+    service: Annotated[str, typer.Argument(help="Service to unfreeze.")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """End a manual freeze of SERVICE (settings and privileges exactly as before).
+
+    Example: snapdb unfreeze prod
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.unfreeze(cfg, service, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    _say(f"{res.service} unfrozen")
+
+
+@app.command()
+def rollback(
+    service: Annotated[str, typer.Argument(help="Service to roll back.")],
+    discard_writes: Annotated[bool, typer.Option("--discard-writes", help="Roll back even though the current database took writes (they are kept in a snapshot first).")] = False,
+    jobs: JobsOpt = 2,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Swap SERVICE back to the database its last cutover set aside.
+
+    Example: snapdb rollback prod
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.rollback(cfg, service, discard_writes=discard_writes, jobs=jobs, store=store,
+                                reporter=_reporter(as_json))
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    _say(f"rolled {res.service} back to the database cutover {res.cutover_id} set aside; the release it held is "
+         f"set aside as {res.set_aside}")
+    if res.writes_snapshot:
+        _say(f"its writes since the cutover ({res.writes.get('summary')}) are kept in snapshot {res.writes_snapshot}")
+        typer.echo(res.writes_snapshot)
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False)
+
+
+@app.command()
+def status(
+    service: Annotated[Optional[str], typer.Argument(help="Only this service.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each service's role, release, newest snapshot, cutover in progress and frozen state.
+
+    Example: snapdb status prod
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.status(cfg, service, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for e in res.services:
+        cut = e.get("cutover") or {}
+        frozen = e.get("frozen")
+        line = (f"{e['service']} ({e['role']}): revision {e.get('revision') or '-'}"
+                + (f", newest snapshot {e['newest_snapshot']['id']}" if e.get("newest_snapshot") else "")
+                + (f", FROZEN by {frozen['by']} ({frozen['mode']}) since {frozen['since']}" if frozen else "")
+                + (f", cutover {cut['id']} to {cut['tag']} {cut['state']} at {cut['step']}"
+                   if cut and cut.get("state") in ("running", "aborting") else ""))
+        typer.echo(line)
+        for d in e.get("set_aside") or []:
+            typer.echo(f"  set aside: {d['name']} ({_human_size(d['bytes'])})")
+        if e.get("error"):
+            typer.echo(f"  unreachable: {e['error']}")
+
+
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")
 GROUPS = ("release",)
 

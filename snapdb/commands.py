@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from . import gitsource, history
+from . import gitsource, history, sources
 from . import manifest as mf
 from .config import Config, Endpoint, format_duration, is_url
-from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, StoreError, TargetError
+from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
 from .ledger import Ledger, check_tag
 from .names import valid_dbname
-from .postgres import alembic_revisions, connect, first_line, system_identifier
+from .postgres import alembic_revisions, connect, first_line
 from .progress import NULL, Reporter
 from .restore import VERIFY_MODES, RestoreOptions, check_target_name, restore_snapshot
 from .snapshot import take_snapshot
@@ -157,50 +157,6 @@ def _release_probe(cfg: Config, ep: Endpoint) -> Callable[[psycopg.Connection], 
     return probe
 
 
-def _live_sysid(ep: Endpoint) -> str | None:
-    """The system identifier of `ep`'s server, or None when it cannot be read (unreachable,
-    or the role may not call pg_control_system)."""
-    try:
-        with connect(ep, SnapdbError, autocommit=True) as conn:
-            return system_identifier(conn)
-    except SnapdbError:
-        return None
-
-
-def _of_source(cfg: Config, ref: str, st: Store) -> tuple[str, list[mf.Manifest], list[mf.Manifest]]:
-    """Snapshots of source `ref` (a service, a URL, or a name snapshots are filed under):
-    (the name, those taken of its own database, those filed under its name but taken of
-    another server or database). Raises `ConfigError` for a source nothing is known about."""
-    if ref in cfg.services or is_url(ref):
-        ep = cfg.endpoint(ref)
-        name = ep.source_name
-        filed = mf.list_manifests(st, name if ref in cfg.services else None)
-        if is_url(ref):
-            filed = [m for m in filed if m.server.get("dbname") == ep.dbname]
-        sysid: list[str | None] = []
-
-        def matches(m: mf.Manifest) -> bool:
-            if mf.same_source(m.server, ep):
-                return True
-            if m.server.get("system_identifier"):
-                if not sysid:
-                    sysid.append(_live_sysid(ep))
-                return bool(sysid[0]) and mf.same_source(m.server, ep, sysid[0])
-            return False
-
-        own = [m for m in filed if matches(m)]
-        return name, own, [m for m in filed if m not in own]
-    found = mf.list_manifests(st, ref)
-    if found:
-        return ref, found, []
-    known = sorted(set(cfg.services) | {m.source for m in mf.list_manifests(st)})
-    raise ConfigError(
-        f"unknown source {ref!r}: not a service in the configuration, and no snapshot is filed under it",
-        hint=f"known: {', '.join(known) if known else 'none'}" + (
-            " (--json takes no value)" if ref.lower() in ("true", "false", "1", "0", "yes", "no") else ""),
-    )
-
-
 def snapshots(cfg: Config, source: str | None = None, *, store: str | None = None) -> list[SnapshotInfo]:
     """List snapshots, newest first (only those of SOURCE if given: for a service, only those
     taken of its own database).
@@ -210,30 +166,8 @@ def snapshots(cfg: Config, source: str | None = None, *, store: str | None = Non
     st = _store(cfg, store)
     if source is None:
         return [SnapshotInfo.from_manifest(m) for m in mf.list_manifests(st)]
-    _name, own, _other = _of_source(cfg, source, st)
+    _name, own, _other = sources.of_source(cfg, source, st)
     return [SnapshotInfo.from_manifest(m) for m in own]
-
-
-def _pick_manifest(cfg: Config, st: Store, from_: str | None, snapshot_id: str | None) -> mf.Manifest:
-    if from_ and snapshot_id:
-        raise ConfigError("give either --from or --snapshot, not both")
-    if snapshot_id:
-        return mf.read_manifest(st, snapshot_id)
-    if not from_:
-        found = mf.list_manifests(st)
-        if not found:
-            raise StoreError(f"no snapshots in {st.describe()}", hint="take one with: snapdb snapshot SOURCE")
-        return found[0]
-    name, own, other = _of_source(cfg, from_, st)
-    if not own:
-        extra = ""
-        if other:
-            o = other[0].server
-            extra = (f"; {len(other)} snapshot(s) filed under {name!r} were taken of another server or database "
-                     f"(e.g. {other[0].id} of {o.get('host')}:{o.get('port')}/{o.get('dbname')}) and are not used")
-        raise StoreError(f"no snapshots of {name!r} in {st.describe()}{extra}",
-                         hint=f"take one with: snapdb snapshot {from_}")
-    return own[0]
 
 
 def _resolve_target(cfg: Config, into: str, server: str | None, m: mf.Manifest) -> tuple[Endpoint, str]:
@@ -308,7 +242,7 @@ def restore(
     elif valid_dbname(into):
         check_target_name(into, maintenance_db())  # refused before the store is even read
     st = _store(cfg, store)
-    m = _pick_manifest(cfg, st, from_, snapshot_id)
+    m = sources.pick_manifest(cfg, st, from_, snapshot_id)
     ep, dbname = _resolve_target(cfg, into, server, m)
     if not valid_dbname(dbname):
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
@@ -317,7 +251,7 @@ def restore(
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
                           drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
-                          protected=_production_identities(cfg, st))
+                          protected=sources.production_identities(cfg, st))
     out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
                            verify=verify, options=opts, reporter=reporter)
     warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
@@ -326,50 +260,6 @@ def restore(
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
         tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings, verified=out.verified,
     )
-
-
-def _quick_sysid(ep: Endpoint) -> str | None:
-    """The system identifier of `ep`'s server, trying for a few seconds only (None: unknown)."""
-    try:
-        with psycopg.connect(ep.conninfo(), autocommit=True, connect_timeout=5) as conn:
-            return system_identifier(conn)
-    except psycopg.Error:
-        return None
-
-
-def _production_identities(cfg: Config, st: Store | None) -> list[dict]:
-    """Who the production databases are, beyond the names in the configuration: database name,
-    the servers of both `url` and `admin_url`, and the system identifier (from the service's own
-    snapshots, else asked for a few seconds; None when unknown)."""
-    out = []
-    for name, svc in cfg.services.items():
-        if svc.role != "production":
-            continue
-        sysid = None
-        if st is not None:
-            try:
-                _n, own, _other = _of_source(cfg, name, st)
-                sysid = next((m.server.get("system_identifier") for m in own if m.server.get("system_identifier")), None)
-            except SnapdbError:
-                sysid = None
-        sysid = sysid or _quick_sysid(svc) or (_quick_sysid(svc.admin()) if svc.admin_params else None)
-        out.append({"name": name, "dbname": svc.dbname, "system_identifier": sysid,
-                    "servers": sorted({svc.server_key(), svc.admin().server_key()})})
-    return out
-
-
-def _production_by_identity(cfg: Config, st: Store | None, dbname: str, servers: set, sysid: str | None) -> str | None:
-    """The production service whose database this is (by server address or system identifier)."""
-    for p in _production_identities(cfg, st):
-        if p["dbname"] != dbname:
-            continue
-        if servers & {tuple(x) for x in p["servers"]}:
-            return p["name"]
-        if p["system_identifier"] and sysid and str(p["system_identifier"]) == str(sysid):
-            return p["name"]
-        if not p["system_identifier"]:
-            return p["name"]  # cannot tell it from production's: treat it as production
-    return None
 
 
 def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:
@@ -521,7 +411,7 @@ def upgrade(
                 known = st if st is not None else _store(cfg, store, read=False)
             except ConfigError:
                 known = None
-            prod = _production_by_identity(cfg, known, ep.dbname, {ep.server_key(), ep.admin().server_key()},
+            prod = sources.production_by_identity(cfg, known, ep.dbname, {ep.server_key(), ep.admin().server_key()},
                                            session.system_identifier)
             if prod is not None and st is None:
                 st = known
@@ -716,4 +606,149 @@ def releases(cfg: Config, *, migrations: str | None = None, store: str | None = 
             tag = tag if tag in by_tag and by_tag[tag].revision == rev else ledger.tag_for(rev)
             by_tag[tag].snapshots.append(m.id)
             out.snapshots.append({"id": m.id, "source": m.source, "tag": tag, "revision": rev})
+    return out
+
+
+# -- cutover, freeze, rollback, status -------------------------------------------------------------
+# The cutover package imports the release machinery (alembic); like the release commands, these
+# import it on first use only.
+
+
+def cutover(
+    cfg: Config,
+    service: str,
+    *,
+    to: str | None = None,
+    freeze: bool = False,
+    freeze_mode: str = "read-only",
+    mode: str = "snapshot",
+    timeout: float | None = None,
+    drain_timeout: float = 5.0,
+    dry_run: bool = False,
+    resume: bool = False,
+    abort: bool = False,
+    jobs: int = 2,
+    migrations: str | None = None,
+    store: str | None = None,
+    reporter: Reporter = NULL,
+):
+    """Cut SERVICE over to release TO: freeze it, build the release beside it, prove nothing was
+    written after the freeze, swap, keep the old database set aside (docs/cutover.md).
+
+    Example: ``cutover(cfg, "prod", to="v2.0", freeze=True)``
+    """
+    from .cutover import api
+
+    if sum(map(bool, (resume, abort))) + bool(to) != 1:
+        raise ConfigError("give exactly one of --to TAG, --resume and --abort")
+    if jobs < 1:
+        raise ConfigError("--jobs must be 1 or more")
+    if timeout is not None and timeout <= 0 or drain_timeout < 0:
+        raise ConfigError("--timeout must be positive and --drain-timeout 0 or more")
+    if service not in cfg.services:
+        raise ConfigError(f"unknown service {service!r} (services: {', '.join(sorted(cfg.services)) or 'none'})",
+                          hint="a cutover switches a service of snapdb.toml")
+    st = _store(cfg, store, read=False)
+    mdir = cfg.migrations_dir(service, migrations)
+    probe = _release_probe(cfg, cfg.services[service])
+    if resume:
+        return api.resume(cfg, service, st, mdir, jobs=jobs, maintenance_db=maintenance_db(), release_probe=probe,
+                          reporter=reporter)
+    if abort:
+        return api.abort(cfg, service, st, mdir, jobs=jobs, maintenance_db=maintenance_db(), reporter=reporter)
+    try:
+        _name, own, _other = sources.of_source(cfg, service, st)
+    except SnapdbError:
+        own = []
+    return api.start(cfg, service, to, st, mdir, own, freeze_=freeze, freeze_mode=freeze_mode,
+                     drain_timeout=drain_timeout, timeout=timeout, dry_run=dry_run, jobs=jobs,
+                     maintenance_db=maintenance_db(), release_probe=probe, reporter=reporter, mode=mode)
+
+
+def freeze(cfg: Config, service: str, *, mode: str = "read-only", drain_timeout: float = 5.0,
+           store: str | None = None):
+    """Freeze SERVICE's writes for a manual window (the same layers and checks as a cutover's,
+    without the table locks, which need a live session).
+
+    Example: ``freeze(cfg, "prod", mode="offline")``
+    """
+    from .cutover import api, freeze as fz
+
+    if mode not in fz.MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(fz.MODES)}, not {mode!r}")
+    return api.freeze_service(cfg, service, _store(cfg, store, read=False), mode=mode, drain_timeout=drain_timeout,
+                              maintenance_db=maintenance_db())
+
+
+def unfreeze(cfg: Config, service: str, *, store: str | None = None):
+    """End a manual freeze of SERVICE, restoring its settings and privileges exactly.
+
+    Example: ``unfreeze(cfg, "prod")``
+    """
+    from .cutover import api
+
+    return api.unfreeze_service(cfg, service, _store(cfg, store, read=False), maintenance_db=maintenance_db())
+
+
+def rollback(cfg: Config, service: str, *, discard_writes: bool = False, jobs: int = 2, store: str | None = None,
+             reporter: Reporter = NULL):
+    """Swap SERVICE back to the database its last cutover set aside; refuse if the current one took
+    writes, unless `discard_writes` (they are kept in a snapshot first).
+
+    Example: ``rollback(cfg, "prod")``
+    """
+    from .cutover import api
+
+    if service not in cfg.services:
+        raise ConfigError(f"unknown service {service!r}")
+    return api.rollback(cfg, service, _store(cfg, store), jobs=jobs, maintenance_db=maintenance_db(),
+                        discard_writes=discard_writes, release_probe=_release_probe(cfg, cfg.services[service]),
+                        reporter=reporter)
+
+
+@dataclass
+class StatusResult:
+    """Per service: role, release, snapshots, and the cutover's state (in progress, frozen, set aside)."""
+
+    services: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def status(cfg: Config, service: str | None = None, *, store: str | None = None) -> StatusResult:
+    """Show each service's role, release, newest snapshot, cutover in progress and frozen state.
+
+    Example: ``status(cfg, "prod")``
+    """
+    from .cutover import api
+
+    names_ = [service] if service else sorted(cfg.services)
+    for n in names_:
+        if n not in cfg.services:
+            raise ConfigError(f"unknown service {n!r} (services: {', '.join(sorted(cfg.services)) or 'none'})")
+    try:
+        st = _store(cfg, store, read=False)
+    except ConfigError:
+        st = None
+    out = StatusResult()
+    for n in names_:
+        svc = cfg.services[n]
+        entry: dict = {"service": n, "role": svc.role, "database": svc.label(), "release": None, "revision": None,
+                       "newest_snapshot": None}
+        try:
+            with connect(svc, TargetError, autocommit=True) as conn:
+                rev = ",".join(alembic_revisions(conn) or []) or None
+            entry["revision"] = rev
+        except (SnapdbError, psycopg.Error) as exc:
+            entry["error"] = exc.message if isinstance(exc, SnapdbError) else first_line(exc)
+        if st is not None:
+            try:
+                _name, own, _other = sources.of_source(cfg, n, st)
+                if own:
+                    entry["newest_snapshot"] = {"id": own[0].id, "created_at": own[0].created_at}
+            except SnapdbError:
+                pass
+        entry.update(api.service_status(cfg, n, st))
+        out.services.append(entry)
     return out

@@ -294,7 +294,8 @@ def _parse(data: dict, path: Path) -> Config:
             if cmd:
                 cfg.services[name].hooks[point] = cmd
         if "timeout" in hooks:
-            cfg.services[name].hook_timeout = parse_duration(hooks["timeout"], f"{where} hooks timeout").total_seconds()
+            cfg.services[name] = replace(cfg.services[name], hook_timeout=parse_duration(
+                hooks["timeout"], f"{where} hooks timeout").total_seconds())
     upgrade = _section(data, "upgrade", _UPGRADE_KEYS, f"{path} [upgrade]")
     cfg.migrations = _path_string(upgrade, "migrations", f"{path} [upgrade]")
     if "rehearsal_max_age" in upgrade:

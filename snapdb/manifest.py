@@ -94,6 +94,8 @@ class Manifest:
     checksum: str = CHECKSUM  # the content checksum algorithm of `tables` (tabledata.ALGORITHMS)
     skipped: list[dict] = field(default_factory=list)  # tables whose rows are not in the snapshot
     warnings: list[str] = field(default_factory=list)
+    seconds: float | None = None  # how long taking it took (format 2)
+    database_bytes: int | None = None  # pg_database_size of the source when it was taken (format 2)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -130,6 +132,8 @@ class Manifest:
             "checksum": self.checksum,
             "skipped": self.skipped,
             "warnings": self.warnings,
+            "seconds": self.seconds,
+            "database_bytes": self.database_bytes,
             "totals": {"stored_bytes": self.stored_bytes, "raw_bytes": self.raw_bytes, "rows": self.rows},
         }
 
@@ -156,6 +160,8 @@ class Manifest:
                 checksum=data.get("checksum", LEGACY_CHECKSUM) if fmt != FORMAT_1 else LEGACY_CHECKSUM,
                 skipped=list(data.get("skipped") or []),
                 warnings=list(data.get("warnings") or []),
+                seconds=data.get("seconds"),
+                database_bytes=data.get("database_bytes"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed manifest: {exc}") from None

@@ -57,12 +57,50 @@ def is_prev_of(target: str, dbname: str) -> bool:
     ).isdigit()
 
 
+PRE_MARK = "__pre_"
+
+
+def pre_name(target: str, tag: str, when: datetime) -> str:
+    """Name for `target` set aside by a cutover to release `tag` at `when` (UTC)."""
+    return _fit(target, f"{PRE_MARK}{tag}_{when.strftime('%Y%m%dT%H%M%S')}")
+
+
+def is_pre_of(target: str, dbname: str) -> bool:
+    """Tell whether `dbname` is a copy of `target` set aside by a cutover."""
+    if not dbname.endswith(tuple("0123456789")):
+        return False
+    probe = _fit(target, PRE_MARK)
+    head = probe[: -len(PRE_MARK)]
+    return dbname.startswith(head) and PRE_MARK in dbname[len(head):]
+
+
+ROLLEDBACK_MARK = "__rolledback_"
+
+
+def rolledback_name(target: str, when: datetime) -> str:
+    """Name for the release `target` held when a rollback set it aside at `when` (UTC)."""
+    return _fit(target, ROLLEDBACK_MARK + when.strftime("%Y%m%dT%H%M%S"))
+
+
+def is_rolledback_of(target: str, dbname: str) -> bool:
+    head = _fit(target, ROLLEDBACK_MARK + "00000000T000000")[: -len("00000000T000000")]
+    return dbname.startswith(head) and len(dbname) == len(head) + 15
+
+
 def looks_like_prev(dbname: str) -> bool:
     """Tell whether `dbname` has the shape of a previous copy's name (``…__prev_YYYYmmddTHHMMSS``),
     of any target: a later run for that target would take it for its own and drop it."""
     stamp = dbname[-15:]
     return (len(dbname) > len(PREV_MARK) + 15 and dbname[:-15].endswith(PREV_MARK) and stamp[8] == "T"
             and (stamp[:8] + stamp[9:]).isdigit())
+
+
+def looks_like_set_aside(dbname: str) -> bool:
+    """Tell whether `dbname` has the shape of a copy a cutover or a rollback set aside
+    (``…__pre_<tag>_<time>``, ``…__rolledback_<time>``): the way back, never a restore target."""
+    import re
+
+    return bool(re.search(r"(__pre_.+_|__rolledback_)\d{8}T\d{6}$", dbname))
 
 
 def quote_ident(name: str) -> str:

@@ -110,9 +110,9 @@ def check_target_name(target: str, maintenance_db: str) -> None:
         what = "the maintenance database" if target == maintenance_db and target not in SYSTEM_DATABASES else "a system database"
         raise RefusedError(f"refusing to restore into {target!r}: it is {what}",
                            hint="restore into a database of your own, e.g. --into service0-dev; nothing was changed")
-    if target.endswith(names.TMP_SUFFIX) or names.looks_like_prev(target):
+    if target.endswith(names.TMP_SUFFIX) or names.looks_like_prev(target) or names.looks_like_set_aside(target):
         raise RefusedError(f"refusing to restore into {target!r}: the name is one of snapdb's side databases "
-                           "(a temporary build or a previous copy, which a later run may drop)",
+                           "(a temporary build, a previous copy a later run may drop, or a copy a cutover set aside)",
                            hint="restore into the database it belongs to; nothing was changed")
 
 
@@ -195,7 +195,9 @@ class Build:
         self._fingerprint: dict | None = None
 
     # -- 1. prepare -------------------------------------------------------------------------------
-    def prepare(self, inspect_target: bool = True) -> None:
+    def prepare(self, inspect_target: bool = True, own_source: bool = False) -> None:
+        """`inspect_target` False and `own_source` True are the cutover's: it builds a copy of
+        its own (frozen) source beside it, and checked the source itself in its preflight."""
         if inspect_target:
             check_target_name(self.target, self.maintenance_db)
         self.pool = WorkerPool(self.jobs, self.reporter)
@@ -208,8 +210,9 @@ class Build:
         faults.checkpoint("restore:files-verified")
         self.maint = control_session(self.server, TargetError, dbname=self.maintenance_db)
         self.sysid = system_identifier(self.maint)
-        self._refuse_protected()
-        _check_not_source(self.maint, self.manifest, self.server, self.target)
+        if not own_source:
+            self._refuse_protected()
+            _check_not_source(self.maint, self.manifest, self.server, self.target)
         if self.lock:
             locks.acquire(self.maint, self.target, self.operation, f"{self.target!r} on {self.server.host}:{self.server.port}")
         faults.checkpoint("restore:locked")
@@ -347,13 +350,24 @@ class Build:
                                   hint="the target is unchanged; grant the restoring role pg_signal_backend") from None
         return found
 
+    def release_hold(self) -> None:
+        """Commit and end the hold early (a cutover upgrades the build next, which needs its
+        tables); `seal` then cannot compare fingerprints."""
+        if self.hold is not None:
+            self.hold.commit()
+            self.hold.close()
+            self.hold = None
+
     # -- 4. seal ------------------------------------------------------------------------------------
     def seal(self) -> None:
         """Close the build to new sessions (until the swap opens it), end the others, check
-        nothing moved since verification, commit the hold."""
-        assert self.hold is not None and self._fingerprint is not None and self.maint is not None
+        nothing moved since verification (when the hold is still there), commit the hold."""
+        assert self.maint is not None
         swap.close_build(self.maint, self.tmp)
         intruders = self._end_build_sessions()
+        if self.hold is None:
+            return
+        assert self._fingerprint is not None
         now = fingerprint.fingerprint(self.hold.conn)
         moved = fingerprint.diff(self._fingerprint, now, ignore_schemas=(SNAPDB_SCHEMA,))  # its history row is ours
         if moved:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -36,7 +37,7 @@ from .compression import READ_CHUNK, ZstdSink, digest
 from .config import Endpoint
 from .errors import IntegrityError, SourceError
 from .postgres import (
-    TableRef, first_line, large_object_count, open_data_session,
+    DatabaseProps, TableRef, first_line, large_object_count, open_data_session,
     read_database_props, read_sequences, system_identifier, version_string,
 )
 from .progress import NULL, Reporter
@@ -55,16 +56,21 @@ def take_snapshot(
     label: str | None = None,
     release_probe: Callable[[psycopg.Connection], dict | None] | None = None,
     reporter: Reporter = NULL,
+    database_props: DatabaseProps | None = None,
 ) -> mf.Manifest:
     """Snapshot `source` into `store` and return its manifest (see module docstring).
 
     `release_probe`, if given, is called with the source connection inside the exported
     snapshot's transaction; what it returns is recorded as the manifest's ``release``.
+    `database_props` replaces the database-level properties read from the source (a cutover's
+    snapshot records the database as it is outside its freeze, not the freeze's settings).
     """
     now = mf.utcnow()
     snap_id = mf.new_id(now)
+    started = time.monotonic()
     try:
-        return _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, release_probe, reporter)
+        return _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, release_probe, reporter, started,
+                     database_props)
     except BaseException:
         for k in store.list(mf.key(snap_id, "")):
             try:
@@ -74,15 +80,17 @@ def take_snapshot(
         raise
 
 
-def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter) -> mf.Manifest:
+def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter, started, props_override) -> mf.Manifest:
     pool = WorkerPool(jobs, reporter)  # before any connection or thread exists (see workers)
     try:
-        return _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter)
+        return _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter, started,
+                          props_override)
     finally:
         pool.close()
 
 
-def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter) -> mf.Manifest:
+def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter, started,
+               props_override=None) -> mf.Manifest:
     reporter.phase("reading catalog")
     main = open_data_session(source, SourceError)
     warnings: list[str] = []
@@ -95,9 +103,10 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             relations.lock_tables(main, checkpoint=faults.checkpoint)
             exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
             tables, unlogged = relations.list_tables(main, skip_unlogged=standby)
-            props = read_database_props(main, dbname)
+            props = props_override or read_database_props(main, dbname)
             sequences = read_sequences(main, skip_unlogged=standby)
             lo_count = large_object_count(main)
+            db_bytes = int(main.execute("SELECT pg_catalog.pg_database_size(pg_catalog.current_database())").fetchone()[0])
             version_num = main.info.server_version
             sysid = system_identifier(main)
             release = release_probe(main) if release_probe else None
@@ -194,7 +203,9 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         checksum=CHECKSUM,
         skipped=skipped,
         warnings=warnings,
+        database_bytes=db_bytes,
     )
+    manifest.seconds = round(time.monotonic() - started, 3)
     mf.write_manifest(store, manifest)
     return manifest
 

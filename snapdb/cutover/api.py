@@ -1,0 +1,405 @@
+"""The cutover verbs behind `snapdb.commands`: cutover (start, resume, abort), freeze and unfreeze
+of a manual window, rollback, and the cutover part of status.
+
+Each takes what `commands` resolved (configuration, store, migrations directory, the release
+probe for snapshots, the service's own snapshots) and returns a result object; none prints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from .. import history, locks, manifest as mf, names
+from ..config import Config
+from ..errors import BusyError, ConfigError, RefusedError, SnapdbError, TargetError
+from ..ledger import Ledger, check_tag
+from ..postgres import DatabaseProps, alembic_revisions, connect, control_session, first_line, system_identifier
+from ..progress import NULL, Reporter
+from ..snapshot import take_snapshot
+from ..store import MissingError, Store
+from . import freeze, journal, plan as planning, run
+
+MODES = ("snapshot",)
+
+
+def _service(cfg: Config, service: str):
+    if service not in cfg.services:
+        raise ConfigError(f"unknown service {service!r} (services: {', '.join(sorted(cfg.services)) or 'none'})",
+                          hint="name a service of snapdb.toml")
+    return cfg.services[service]
+
+
+def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: list[mf.Manifest], *,
+              freeze_mode: str, drain_timeout: float, timeout: float | None) -> planning.Plan:
+    """Every check before anything changes (see `plan`); returns the plan or raises."""
+    from .. import migrate, releases
+
+    check_tag(tag)
+    if freeze_mode not in freeze.MODES:
+        raise ConfigError(f"--freeze-mode must be one of {', '.join(freeze.MODES)}, not {freeze_mode!r}")
+    svc = _service(cfg, service)
+    ep = svc.admin()
+    ledger = Ledger.load(mdir)
+    rel = ledger.get(tag)
+    with releases.open_scripts(mdir, tag) as scripts:
+        releases.check_release(rel, scripts)
+        with control_session(ep, TargetError) as conn:
+            try:
+                current = migrate.single_revision(alembic_revisions(conn), service)
+                steps = migrate.plan(scripts, current, rel.revision, ledger.tag_for, service)
+                sysid = system_identifier(conn)
+                problems, warnings = planning.check_database(conn, ep.dbname, {conn.info.backend_pid})
+                can_decode, why = planning.proof_available(conn)
+                size = planning.size_of(conn, ep.dbname)
+                free = planning.free_disk(conn, ep)
+                busy = conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND "
+                                    "xact_start IS NOT NULL AND pid <> pg_catalog.pg_backend_pid()",
+                                    (ep.dbname,)).fetchone()[0]
+            except psycopg.Error as exc:
+                raise TargetError(f"reading {service!r} failed: {first_line(exc)}") from None
+        origin = scripts.origin
+    if not steps:
+        problems.append(f"{service!r} is already at {tag} (revision {rel.revision}): there is nothing to cut over to")
+    rehearsal = None
+    if svc.role == "production":
+        rehearsal = history.find_rehearsal(store, service, tag, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(),
+                                           lambda server: mf.same_source(server, svc, sysid))
+        if rehearsal is None:
+            problems.append(f"no rehearsal of {tag} (checksum {rel.checksum[:12]}) on a copy restored from a snapshot "
+                            f"of {service!r} is on record: restore one into dev and upgrade it to {tag} first")
+    if free is not None and free < size * 1.2:
+        problems.append(f"not enough free disk for the new database: {free / 1e9:.1f} GB free, "
+                        f"{size * 1.2 / 1e9:.1f} GB needed ({size / 1e9:.1f} GB plus 20%)")
+    elif free is None:
+        warnings.append(f"free disk on the server could not be checked (the new database needs about {size / 1e9:.2f} GB)")
+    if not can_decode:
+        warnings.append(f"the proof that nothing was written after the freeze cannot decode WAL ({why}); it relies "
+                        "on the table locks and the catalog fingerprint")
+    planning.raise_problems(service, problems)
+    return planning.Plan(
+        service=service, database=ep.label(), tag=tag, revision=rel.revision, checksum=rel.checksum, scripts=origin,
+        from_revision=current, from_tag=ledger.tag_for(current), steps=[s.to_json() for s in steps],
+        freeze_mode=freeze_mode, drain_timeout=drain_timeout, timeout=timeout,
+        rehearsal=rehearsal.record_id if rehearsal else None, size_bytes=size, free_bytes=free,
+        proof="decoded WAL and catalog fingerprint" if can_decode else "catalog fingerprint and table locks",
+        prediction=planning.predict(store, service, ep, size, rehearsal, drain_timeout, own, busy), warnings=warnings)
+
+
+def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: list[mf.Manifest], *,
+          freeze_: bool, freeze_mode: str, drain_timeout: float, timeout: float | None, dry_run: bool, jobs: int,
+          maintenance_db: str, release_probe: Callable | None, reporter: Reporter = NULL,
+          mode: str = "snapshot") -> run.CutoverResult:
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if not freeze_ and not dry_run:
+        run.refuse_unfrozen()
+    old = journal.Journal.load(store, service)
+    if old is not None and old.state in ("running", "aborting"):
+        journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
+    p = preflight(cfg, service, tag, store, mdir, own, freeze_mode=freeze_mode, drain_timeout=drain_timeout,
+                  timeout=timeout)
+    if dry_run:
+        return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
+                                 predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
+    j = journal.Journal.start(store, service, tag, mode, freeze_mode)
+    j.facts.update(timeout=timeout, drain_timeout=drain_timeout)
+    try:
+        ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
+                               release_probe=release_probe, mdir=mdir)
+    except BaseException:
+        j.close(store, "aborted")
+        raise
+    try:
+        j.begin(store, "preflight")
+        j.end(store, "preflight", plan=p.to_json())
+        ctx.result.plan = p.to_json()
+        ctx.result.predicted_seconds = p.prediction.get("seconds")
+        ctx.result.warnings += p.warnings
+        return run.proceed(ctx)
+    finally:
+        run.close_context(ctx)
+
+
+def _unfinished(store: Store, service: str) -> journal.Journal:
+    j = journal.Journal.load(store, service)
+    if j is None or j.state not in ("running", "aborting"):
+        raise RefusedError(f"no unfinished cutover of {service!r}",
+                           hint=f"`snapdb status {service}` shows the last one")
+    return j
+
+
+def resume(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, maintenance_db: str,
+           release_probe: Callable | None, reporter: Reporter = NULL) -> run.CutoverResult:
+    """Finish an interrupted cutover (or finish its abort, if it was aborting)."""
+    j = _unfinished(store, service)
+    ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
+                           release_probe=release_probe, mdir=mdir)
+    try:
+        if j.state == "aborting":
+            run.abort_before_swap(ctx, j.facts.get("abort_reason") or "finishing an interrupted abort")
+            return ctx.result
+        return run.proceed(ctx)
+    finally:
+        run.close_context(ctx)
+
+
+def abort(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, maintenance_db: str,
+          reporter: Reporter = NULL) -> run.CutoverResult:
+    """Undo an unfinished cutover: before its swap, A unfrozen and B removed; after it, a rollback
+    (which refuses if the new database took writes)."""
+    j = _unfinished(store, service)
+    ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
+                           release_probe=None, mdir=mdir)
+    try:
+        run.record_committed_swap(ctx)
+        if not j.done("swap"):
+            run.abort_before_swap(ctx, "aborted by the operator (--abort)")
+            return ctx.result
+    finally:
+        run.close_context(ctx)  # a rollback takes the lock itself
+    rb = rollback(cfg, service, store, jobs=jobs, maintenance_db=maintenance_db, reporter=reporter,
+                  discard_writes=False, release_probe=None, journal_=j)
+    return run.CutoverResult(id=j.id, service=service, tag=j.tag, outcome="aborted", warnings=rb.warnings,
+                             set_aside=rb.set_aside)
+
+
+# -- manual freeze ------------------------------------------------------------------------------------------
+FREEZES = "catalog/freezes/"
+
+
+def _freeze_key(service: str) -> str:
+    return f"{FREEZES}{journal.service_key(service)}.json"
+
+
+@dataclass
+class FreezeResult:
+    service: str
+    frozen: bool
+    mode: str | None = None
+    started_at: str | None = None
+    drained: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def freeze_service(cfg: Config, service: str, store: Store, *, mode: str, drain_timeout: float,
+                   maintenance_db: str) -> FreezeResult:
+    """Freeze a service for a manual window: the read-only default (and, offline, no new sessions),
+    the drain, and the probes. The table locks need a live session, so a manual freeze has no
+    layer 4: a client that sets ``default_transaction_read_only = off`` can still write."""
+    svc = _service(cfg, service)
+    ep = svc.admin()
+    j = journal.Journal.load(store, service)
+    if j is not None and j.state in ("running", "aborting"):
+        raise BusyError(f"a cutover of {service!r} is unfinished (id {j.id}); it manages the freeze",
+                        hint=f"snapdb cutover {service} --resume or --abort")
+    if _manual(store, service) is not None:
+        raise RefusedError(f"{service!r} is already frozen (snapdb unfreeze {service} ends it)")
+    with control_session(ep, TargetError, dbname=maintenance_db) as maint:
+        locks.acquire(maint, ep.dbname, "freeze", repr(service))
+        st = freeze.capture(maint, ep.dbname, mode)
+        _save_manual(store, service, st)  # before anything changes: unfreeze can always undo it
+        freeze.apply(maint, st)
+        _save_manual(store, service, st)
+        drained = freeze.drain(maint, st, drain_timeout)
+        probes = freeze.probe(ep, st, [], maint)
+    return FreezeResult(service, True, mode, st.started_at, drained, probes,
+                        ["a manual freeze holds no table locks: writers that bypass the read-only default "
+                         "(SET default_transaction_read_only = off, BEGIN READ WRITE) can still write"])
+
+
+def unfreeze_service(cfg: Config, service: str, store: Store, *, maintenance_db: str) -> FreezeResult:
+    """End a manual freeze exactly as it was started (settings and privileges as they were)."""
+    svc = _service(cfg, service)
+    ep = svc.admin()
+    st = _manual(store, service)
+    if st is None:
+        raise RefusedError(f"{service!r} is not frozen by `snapdb freeze`",
+                           hint="a cutover's freeze ends with the cutover (--resume or --abort)")
+    with control_session(ep, TargetError, dbname=maintenance_db) as maint:
+        locks.acquire(maint, ep.dbname, "unfreeze", repr(service))
+        freeze.release(maint, st)
+    store.delete(_freeze_key(service))
+    return FreezeResult(service, False, st.mode, st.started_at)
+
+
+def _manual(store: Store, service: str) -> freeze.FreezeState | None:
+    try:
+        with store.reader(_freeze_key(service)) as f:
+            return freeze.FreezeState.from_json(json.loads(f.read()))
+    except MissingError:
+        return None
+
+
+def _save_manual(store: Store, service: str, st: freeze.FreezeState) -> None:
+    with store.writer(_freeze_key(service)) as f:
+        f.write(json.dumps(st.to_json()).encode("utf-8"))
+
+
+# -- rollback -----------------------------------------------------------------------------------------------
+@dataclass
+class RollbackResult:
+    service: str
+    cutover_id: str
+    restored: str  # the database that is SERVICE again (the set-aside one)
+    set_aside: str | None  # where the rolled-back release went
+    writes: dict = field(default_factory=dict)
+    writes_snapshot: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _last_done(store: Store, service: str) -> journal.Journal:
+    j = journal.Journal.load(store, service)
+    if j is None or not j.done("swap") or j.facts.get("rolled_back"):
+        raise RefusedError(f"{service!r} has no cutover to roll back",
+                           hint=f"`snapdb status {service}` shows its last cutover")
+    return j
+
+
+def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_db: str, discard_writes: bool,
+             release_probe: Callable | None, reporter: Reporter = NULL,
+             journal_: journal.Journal | None = None) -> RollbackResult:
+    """Swap back to the database the last cutover set aside.
+
+    The current database (B) is frozen first, so nothing is written during the rollback. If it
+    took writes since the cutover (row changes counted by the server since the swap, or moved
+    sequences) the rollback is refused, unless `discard_writes`: then B is snapshotted first, so
+    those writes are kept in that snapshot, and set aside as ``SERVICE__rolledback_<time>``.
+    """
+    started = time.monotonic()
+    j = journal_ or _last_done(store, service)
+    svc = _service(cfg, service)
+    ep = svc.admin()
+    aside = j.facts["set_aside"]
+    b_oid = int(j.facts["build"]["oid"])
+    out = RollbackResult(service=service, cutover_id=j.id, restored=aside, set_aside=None)
+    with control_session(ep, TargetError, dbname=maintenance_db) as maint:
+        locks.acquire(maint, ep.dbname, "rollback", repr(service))
+        row = maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ep.dbname,)).fetchone()
+        if row is None or int(row[0]) != b_oid:
+            raise RefusedError(f"{service!r} is no longer the database cutover {j.id} put in place; refusing to "
+                               "roll back over it", hint="nothing was changed")
+        if not maint.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (aside,)).fetchone():
+            raise RefusedError(f"the set-aside database {aside!r} is gone; nothing to roll back to")
+        st = freeze.capture(maint, ep.dbname, "read-only")
+        j.note(store, rollback_freeze=st.to_json())
+        freeze.apply(maint, st)
+        try:
+            freeze.drain(maint, st, 5.0)
+            hold = freeze.Hold(ep, st, ep.with_dbname(maintenance_db))
+            try:
+                out.writes = _writes_since_cutover(maint, ep.dbname, j.facts.get("b_counters") or {})
+                if out.writes.get("changed") and not discard_writes:
+                    raise RefusedError(
+                        f"{service!r} took writes since the cutover ({out.writes['summary']}); a rollback would lose them",
+                        hint=f"snapdb rollback {service} --discard-writes keeps them in a snapshot first; "
+                             "nothing was changed")
+                if out.writes.get("changed"):
+                    m = take_snapshot(freeze.own_endpoint(ep, st), store, jobs=jobs, reporter=reporter,
+                                      label=f"writes discarded by the rollback of cutover {j.id}",
+                                      release_probe=release_probe, database_props=DatabaseProps(**st.props))
+                    out.writes_snapshot = m.id
+                # B closed to connections, its last sessions ended under the locks, then the swap
+                maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ep.dbname)))
+                for (pid,) in maint.execute("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s "
+                                            "AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s",
+                                            (ep.dbname, hold.conn.info.backend_pid)).fetchall():
+                    maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+            finally:
+                hold.close()
+            gone = names.rolledback_name(ep.dbname, mf.utcnow())
+            a_oid = int(maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (aside,)).fetchone()[0])
+            from .. import swap
+
+            swap.swap_in(maint, ep.dbname, aside, a_oid, aside=gone)
+        except BaseException:
+            _unfreeze_quietly(maint, st, ep.dbname)
+            raise
+        # A serves again: the cutover's freeze on it is undone exactly; B stays frozen, set aside
+        freeze.release(maint, freeze.FreezeState.from_json(j.facts["freeze"]), ep.dbname)
+        maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ep.dbname)))
+        out.set_aside = gone
+    rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
+    rec.ended_at = mf.utcnow().isoformat()
+    rec.error = None
+    rec.seconds = round(time.monotonic() - started, 3)
+    try:
+        history.write_catalog(store, rec)
+    except SnapdbError as exc:
+        out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
+    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside)
+    if j.state in ("running", "aborting"):
+        j.close(store, "aborted")
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _unfreeze_quietly(maint: psycopg.Connection, st: freeze.FreezeState, dbname: str) -> None:
+    try:
+        maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+        freeze.release(maint, st)
+    except psycopg.Error:
+        pass
+
+
+def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict) -> dict:
+    """Row changes the server counted in `dbname` since the swap (every session of it has ended,
+    so its counters are complete)."""
+    from .run import _write_counters
+
+    now = _write_counters(maint, dbname)
+    if not baseline or not now:
+        return {"changed": True, "summary": "unknown: no counters recorded at the swap", "delta": {}}
+    delta = {k: now[k] - baseline.get(k, 0) for k in now}
+    if any(v < 0 for v in delta.values()):
+        return {"changed": True, "summary": "unknown: the server's counters were reset since the swap", "delta": delta}
+    changed = any(v > 0 for v in delta.values())
+    summary = ", ".join(f"{v} {k.removeprefix('tup_')}" for k, v in delta.items() if v) or "none"
+    return {"changed": changed, "summary": f"rows {summary}", "delta": delta}
+
+
+# -- status -----------------------------------------------------------------------------------------------
+def service_status(cfg: Config, service: str, store: Store | None) -> dict:
+    """The cutover side of a service's status: unfinished cutover, manual freeze, set-aside copies."""
+    out: dict = {"cutover": None, "frozen": None, "set_aside": []}
+    if store is not None:
+        j = journal.Journal.load(store, service)
+        if j is not None:
+            out["cutover"] = {"id": j.id, "tag": j.tag, "state": j.state, "step": j.step,
+                              "started_at": j.started_at, "set_aside": j.facts.get("set_aside")}
+            if j.state in ("running", "aborting") and j.facts.get("freeze"):
+                out["frozen"] = {"by": f"cutover {j.id}", "mode": j.freeze_mode,
+                                 "since": j.facts["freeze"].get("started_at")}
+        st = _manual(store, service)
+        if st is not None:
+            out["frozen"] = {"by": "snapdb freeze", "mode": st.mode, "since": st.started_at}
+    svc = cfg.services[service]
+    try:
+        with connect(svc.admin(), TargetError, dbname=_maint(), autocommit=True) as conn:
+            out["set_aside"] = [{"name": d, "bytes": int(b)} for d, b in conn.execute(
+                "SELECT datname, pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database ORDER BY 1").fetchall()
+                if names.is_pre_of(svc.dbname, d) or names.is_rolledback_of(svc.dbname, d)]
+    except SnapdbError as exc:
+        out["error"] = exc.message
+    return out
+
+
+def _maint() -> str:
+    import os
+
+    return os.environ.get("SNAPDB_MAINTENANCE_DB") or "postgres"
+
