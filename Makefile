@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-cutover venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
