@@ -153,10 +153,23 @@ class RichReporter(Reporter):
             self._progress.stop()
             self._progress = None
 
+    def note(self, text):
+        with self._lock:
+            err.print(text, markup=False, highlight=False)
+
+
+class NotesReporter(Reporter):
+    """Without a terminal: no bars, only the one-line status notes (e.g. replication lag)."""
+
+    def note(self, text):
+        err.print(text, markup=False, highlight=False)
+
 
 def _reporter(as_json: bool) -> Reporter:
-    if state.quiet or as_json or not sys.stderr.isatty():
+    if state.quiet:
         return NULL
+    if as_json or not sys.stderr.isatty():
+        return NotesReporter()
     return RichReporter()
 
 
@@ -406,6 +419,7 @@ class FreezeMode(str, enum.Enum):
 
 class CutoverMode(str, enum.Enum):
     snapshot = "snapshot"
+    replicate = "replicate"
 
 
 def _secs(x) -> str:
@@ -418,7 +432,11 @@ def cutover(
     to: Annotated[Optional[str], typer.Option("--to", help="Release tag to cut over to.")] = None,
     freeze: Annotated[bool, typer.Option("--freeze", help="Refuse writes while the new database is built (required: without it writes would be lost).")] = False,
     freeze_mode: Annotated[FreezeMode, typer.Option("--freeze-mode", help="read-only (default): writes fail, reads go on; offline: new sessions are refused.")] = FreezeMode.read_only,
-    mode: Annotated[CutoverMode, typer.Option("--mode", help="How the new database is built: snapshot (copied inside the freeze).")] = CutoverMode.snapshot,
+    mode: Annotated[CutoverMode, typer.Option("--mode", help="How the new database is built: snapshot (default: copied inside the freeze; works on any server) or replicate (copied and upgraded while the service is live, following it by logical replication: a freeze of about a second; needs wal_level = logical).")] = CutoverMode.snapshot,
+    max_freeze: Annotated[Optional[float], typer.Option("--max-freeze", min=0.001, help="Replicate mode: refuse before freezing when the predicted window exceeds this many seconds.")] = None,
+    to_server: Annotated[Optional[str], typer.Option("--to-server", help="Replicate mode: build the new database on this server (URL, no password; e.g. a newer PostgreSQL); the after_swap hook repoints the clients.")] = None,
+    catchup_timeout: Annotated[float, typer.Option("--catchup-timeout", min=1, help="Replicate mode: seconds the new database may take to catch up with the live one.")] = 3600.0,
+    finish: Annotated[bool, typer.Option("--finish", help="End a replicate-mode cutover's rollback window (the old database stops following the new one).")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="Abort if the swap has not happened after this many seconds.")] = None,
     drain_timeout: Annotated[float, typer.Option("--drain-timeout", min=0, help="Seconds open sessions get to finish before they are terminated.")] = 5.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and the predicted freeze window; change nothing.")] = False,
@@ -437,7 +455,9 @@ def cutover(
         cfg = load_config(state.config_path)
         res = commands.cutover(cfg, service, to=to, freeze=freeze, freeze_mode=freeze_mode.value, mode=mode.value,
                                timeout=timeout, drain_timeout=drain_timeout, dry_run=dry_run, resume=resume,
-                               abort=abort, jobs=jobs, migrations=migrations, store=store, reporter=_reporter(as_json))
+                               abort=abort, finish=finish, jobs=jobs, migrations=migrations, store=store,
+                               reporter=_reporter(as_json), max_freeze=max_freeze, to_server=to_server,
+                               catchup_timeout=catchup_timeout)
     if as_json:
         _emit_json(res.to_json())
         return
@@ -453,6 +473,11 @@ def cutover(
         parts = ", ".join(f"{k} {_secs(v)}" for k, v in (pred.get("parts") or {}).items())
         typer.echo(f"predicted freeze window: {_secs(pred.get('seconds')) if pred.get('seconds') is not None else 'at least ' + _secs(pred.get('at_least_seconds'))} ({parts})")
         typer.echo(f"proof: {p.get('proof')}; database {p.get('size_bytes', 0) / 1e6:.0f} MB")
+        rp = p.get("replicate")
+        if rp:
+            typer.echo(f"replicate mode{' to ' + p['to_server'] if p.get('to_server') else ''}: before the freeze "
+                       f"{', '.join(rp['before']) or 'no revision'}; inside it {', '.join(rp['during']) or 'no revision'}; "
+                       f"rollback {'keeps the new writes (the old database follows the new one)' if rp['reverse'] else 'cannot keep new writes'}")
     elif res.outcome == "done":
         _say(f"cut {res.service} over to {res.tag}: freeze window {_secs(res.freeze_window_seconds)} "
              f"(predicted {_secs(res.predicted_seconds)}); old database set aside as {res.set_aside}")
@@ -461,9 +486,18 @@ def cutover(
                 _say(f"  {st['name']:<10} {_secs(st['seconds'])}")
         proof = res.proof or {}
         cmp = res.compare or {}
-        _say(f"zero-loss check: no write after the freeze point ({proof.get('by')}); "
-             f"set-aside database {'matches' if cmp.get('matches') else 'DIFFERS FROM'} snapshot {res.snapshot_id}")
+        if (res.plan or {}).get("mode") == "replicate":
+            counts = proof.get("counts") or {}
+            _say(f"zero-loss check: no write after the freeze point ({proof.get('by')}); row counts equal in "
+                 f"{counts.get('tables')} tables at the fence; set-aside database "
+                 f"{'matches' if cmp.get('matches') else 'DIFFERS FROM'} the new one "
+                 f"({cmp.get('tables_compared', 0)} tables compared in full)")
+        else:
+            _say(f"zero-loss check: no write after the freeze point ({proof.get('by')}); "
+                 f"set-aside database {'matches' if cmp.get('matches') else 'DIFFERS FROM'} snapshot {res.snapshot_id}")
         typer.echo(res.id or "")
+    elif res.outcome == "finished":
+        _say(f"rollback window of cutover {res.id} of {res.service} ended; {res.set_aside} stays set aside, closed")
     else:
         _say(f"cutover {res.id} of {res.service}: {res.outcome}")
     for w in res.warnings:

@@ -627,20 +627,33 @@ def cutover(
     dry_run: bool = False,
     resume: bool = False,
     abort: bool = False,
+    finish: bool = False,
     jobs: int = 2,
     migrations: str | None = None,
     store: str | None = None,
     reporter: Reporter = NULL,
+    max_freeze: float | None = None,
+    to_server: str | None = None,
+    catchup_timeout: float = 3600.0,
 ):
-    """Cut SERVICE over to release TO: freeze it, build the release beside it, prove nothing was
-    written after the freeze, swap, keep the old database set aside (docs/cutover.md).
+    """Cut SERVICE over to release TO: freeze it, build the release beside it (snapshot mode) or
+    beside it while it is live, following it by logical replication (replicate mode), prove
+    nothing was written after the freeze, swap, keep the old database set aside (docs/cutover.md).
+    `finish` ends a replicate-mode cutover's rollback window.
 
     Example: ``cutover(cfg, "prod", to="v2.0", freeze=True)``
     """
     from .cutover import api
 
-    if sum(map(bool, (resume, abort))) + bool(to) != 1:
-        raise ConfigError("give exactly one of --to TAG, --resume and --abort")
+    if sum(map(bool, (resume, abort, finish))) + bool(to) != 1:
+        raise ConfigError("give exactly one of --to TAG, --resume, --abort and --finish")
+    if max_freeze is not None and max_freeze <= 0 or catchup_timeout <= 0:
+        raise ConfigError("--max-freeze and --catchup-timeout must be positive")
+    other = None
+    if to_server is not None:
+        from .config import Endpoint, parse_url
+
+        other = Endpoint(params=parse_url(to_server, "--to-server URL"), name=service)
     if jobs < 1:
         raise ConfigError("--jobs must be 1 or more")
     if timeout is not None and timeout <= 0 or drain_timeout < 0:
@@ -656,13 +669,16 @@ def cutover(
                           reporter=reporter)
     if abort:
         return api.abort(cfg, service, st, mdir, jobs=jobs, maintenance_db=maintenance_db(), reporter=reporter)
+    if finish:
+        return api.finish_window(cfg, service, st, maintenance_db=maintenance_db())
     try:
         _name, own, _other = sources.of_source(cfg, service, st)
     except SnapdbError:
         own = []
     return api.start(cfg, service, to, st, mdir, own, freeze_=freeze, freeze_mode=freeze_mode,
                      drain_timeout=drain_timeout, timeout=timeout, dry_run=dry_run, jobs=jobs,
-                     maintenance_db=maintenance_db(), release_probe=probe, reporter=reporter, mode=mode)
+                     maintenance_db=maintenance_db(), release_probe=probe, reporter=reporter, mode=mode,
+                     max_freeze=max_freeze, to_server=other, catchup_timeout=catchup_timeout)
 
 
 def freeze(cfg: Config, service: str, *, mode: str = "read-only", drain_timeout: float = 5.0,

@@ -101,6 +101,9 @@ class Record:
     snapdb_version: str = __version__
     restored_from_server: dict | None = None  # catalog only: the restored snapshot's source server
     seconds: float | None = None  # catalog only: how long the operation took
+    #: catalog only: per revision applied, {"revision", "seconds", "replication": classify()}
+    #: (`snapdb.replication.compat`): what a replicate-mode cutover plans with
+    revisions: list[dict] | None = None
 
     # `database` and `restored_from_server` live in the catalog only: snapdb.history has no columns for them
 
@@ -137,7 +140,7 @@ def _table() -> sql.Composable:
     return sql.Identifier(SNAPDB_SCHEMA, "history")
 
 
-_COLUMNS = [f.name for f in fields(Record) if f.name not in ("database", "restored_from_server", "seconds")]
+_COLUMNS = [f.name for f in fields(Record) if f.name not in ("database", "restored_from_server", "seconds", "revisions")]
 
 
 def ensure_table(conn: psycopg.Connection) -> None:

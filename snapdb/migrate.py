@@ -37,6 +37,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.pool import NullPool
 
 from . import faults, history, locks
+from .replication import compat
 from .config import Endpoint
 from .errors import MigrationError, RefusedError, SnapdbError, StoreError, TargetError
 from .manifest import utcnow
@@ -160,8 +161,12 @@ class UpgradeSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def apply(self, scripts: Scripts, steps: list[Step], rec: history.Record, store: Store) -> float:
-        """Run `steps` in order, recording progress in `rec`; return the seconds taken."""
+    def apply(self, scripts: Scripts, steps: list[Step], rec: history.Record, store: Store, *,
+              rows: bool = True) -> float:
+        """Run `steps` in order, recording progress in `rec`; return the seconds taken.
+
+        Each revision's duration and what it did (`compat.classify`; its row counters only with
+        `rows`) are appended to ``rec.revisions``."""
         started = time.monotonic()
         try:
             history.ensure_table(self.conn)
@@ -175,24 +180,34 @@ class UpgradeSession:
             "postgresql+psycopg://", poolclass=NullPool,
             creator=lambda: psycopg.connect(self.ep.conninfo(), connect_timeout=30),
         )
+        rec.revisions = list(rec.revisions or [])
         try:
-            with engine.connect() as sa_conn:
-                cfg = _alembic_config(scripts)
-                cfg.attributes["connection"] = sa_conn
-                for step in steps:
-                    try:
+            cfg = _alembic_config(scripts)
+            for step in steps:
+                try:
+                    before = compat.capture(self.conn)
+                    t0 = time.monotonic()
+                    # each revision on a session of its own: when it ends, the server publishes its
+                    # row counters, which tell what the revision wrote (`compat`)
+                    with engine.connect() as sa_conn:
+                        pid = sa_conn.exec_driver_sql("SELECT pg_catalog.pg_backend_pid()").scalar()
+                        sa_conn.commit()
+                        cfg.attributes["connection"] = sa_conn
+                        command.upgrade(cfg, step.revision)
                         if sa_conn.in_transaction():
                             sa_conn.commit()
-                        command.upgrade(cfg, step.revision)
-                        now = single_revision(alembic_revisions(self.conn), self.where)
-                        if now != step.revision:
-                            raise RuntimeError(f"the version table says {now} afterwards")
-                    except Exception as exc:
-                        failure = self._failed(step, exc, rec)
-                        break
-                    rec.reached_revision = step.revision
-                    history.update(self.conn, rec)
-                    faults.checkpoint("upgrade:revision-applied")
+                    seconds = time.monotonic() - t0
+                    now = single_revision(alembic_revisions(self.conn), self.where)
+                    if now != step.revision:
+                        raise RuntimeError(f"the version table says {now} afterwards")
+                except Exception as exc:
+                    failure = self._failed(step, exc, rec)
+                    break
+                rec.reached_revision = step.revision
+                rec.revisions.append({"revision": step.revision, "seconds": round(seconds, 3),
+                                      "replication": self._classify(before, pid, rows)})
+                history.update(self.conn, rec)
+                faults.checkpoint("upgrade:revision-applied")
         except psycopg.Error as exc:
             failure = failure or MigrationError(f"upgrade of {self.where} failed: {first_line(exc)}")
             rec.error = rec.error or failure.message
@@ -205,6 +220,18 @@ class UpgradeSession:
         rec.ended_at = utcnow().isoformat()
         self._finish(rec, store, failure)
         return time.monotonic() - started
+
+    def _classify(self, before: dict, pid: int, rows: bool) -> dict:
+        """What the revision just applied did (see `compat`), once its session `pid` has ended."""
+        deadline = time.monotonic() + 10
+        while self.conn.execute("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            if time.monotonic() > deadline:
+                out = compat.classify(before, compat.capture(self.conn), rows=False)
+                out["reasons"].append("its session did not end, so its row changes are unknown")
+                out["compatible"] = False
+                return out
+            time.sleep(0.01)
+        return compat.classify(before, compat.capture(self.conn), rows=rows)
 
     def _failed(self, step: Step, exc: BaseException, rec: history.Record) -> MigrationError:
         try:

@@ -20,5 +20,8 @@ class Reporter:
     def done(self) -> None:
         """The current step is finished."""
 
+    def note(self, text: str) -> None:
+        """A one-line status (e.g. replication lag while waiting)."""
+
 
 NULL = Reporter()

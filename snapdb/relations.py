@@ -130,12 +130,15 @@ def lock_tables(
     *,
     attempts: int = 5,
     checkpoint: Callable[[str], None] = lambda step: None,
+    before_snapshot: Callable[[psycopg.Connection], None] | None = None,
 ) -> list[tuple[int, str, str]]:
     """Lock every user table in ACCESS SHARE mode before the snapshot of `conn`'s transaction
     is fixed, and fix it; return the tables locked (see module docstring).
 
     `conn` must be idle, with its isolation level and read-only mode set for the snapshot
-    transaction. On return that transaction is open, its snapshot fixed. Raises
+    transaction. On return that transaction is open, its snapshot fixed. `before_snapshot`, if
+    given, is called with `conn` once the locks are held and before the snapshot is fixed (it
+    may import one: ``SET TRANSACTION SNAPSHOT``), on every attempt. Raises
     `psycopg.Error` from the server, or `TablesChanging` after `attempts` tries.
     """
     for _ in range(attempts):
@@ -147,6 +150,8 @@ def lock_tables(
             for i in range(0, len(before), 200):
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
                     sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(s, n)) for _, s, n in before[i:i + 200])))
+            if before_snapshot is not None:
+                before_snapshot(conn)
             after = lockable(conn)  # the first statement that takes the snapshot
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             conn.rollback()  # dropped or renamed between the two steps

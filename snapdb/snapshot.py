@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import psycopg
+import psycopg.sql
 
 from . import faults, manifest as mf, pgtools, relations
 from .compression import READ_CHUNK, ZstdSink, digest
@@ -57,8 +58,13 @@ def take_snapshot(
     release_probe: Callable[[psycopg.Connection], dict | None] | None = None,
     reporter: Reporter = NULL,
     database_props: DatabaseProps | None = None,
+    pin: Callable[[], str] | None = None,
 ) -> mf.Manifest:
     """Snapshot `source` into `store` and return its manifest (see module docstring).
+
+    `pin`, if given, is called once the tables are locked, before the snapshot is fixed, and
+    returns the name of an exported snapshot to take instead (a replication slot's, so that the
+    copy and the slot's stream meet exactly); it is called again if the locking is retried.
 
     `release_probe`, if given, is called with the source connection inside the exported
     snapshot's transaction; what it returns is recorded as the manifest's ``release``.
@@ -70,7 +76,7 @@ def take_snapshot(
     started = time.monotonic()
     try:
         return _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, release_probe, reporter, started,
-                     database_props)
+                     database_props, pin)
     except BaseException:
         for k in store.list(mf.key(snap_id, "")):
             try:
@@ -80,17 +86,18 @@ def take_snapshot(
         raise
 
 
-def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter, started, props_override) -> mf.Manifest:
+def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter, started, props_override,
+          pin=None) -> mf.Manifest:
     pool = WorkerPool(jobs, reporter)  # before any connection or thread exists (see workers)
     try:
         return _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter, started,
-                          props_override)
+                          props_override, pin)
     finally:
         pool.close()
 
 
 def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_probe, reporter, started,
-               props_override=None) -> mf.Manifest:
+               props_override=None, pin=None) -> mf.Manifest:
     reporter.phase("reading catalog")
     main = open_data_session(source, SourceError)
     warnings: list[str] = []
@@ -100,7 +107,11 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             dbname, standby = main.execute("SELECT current_database(), pg_catalog.pg_is_in_recovery()").fetchone()
             subscriptions = _subscriptions(main)
             main.autocommit = False
-            relations.lock_tables(main, checkpoint=faults.checkpoint)
+            before = None
+            if pin is not None:
+                def before(conn):
+                    conn.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(pin())))
+            relations.lock_tables(main, checkpoint=faults.checkpoint, before_snapshot=before)
             exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
             tables, unlogged = relations.list_tables(main, skip_unlogged=standby)
             props = props_override or read_database_props(main, dbname)

@@ -179,3 +179,81 @@ def _compare_tables(pool, session, tables, live, jobs, version, reporter, analyz
 
 def _dispatch(kind: str, *args):
     return analyze(*args) if kind == "analyze" else checksum_part(*args)
+
+
+def table_sums(ep: Endpoint, tables: list, *, error_cls: type[SnapdbError], dbname: str | None = None,
+               snapshot: str | None = None, jobs: int = 2, encoding: str | None = None,
+               reporter: Reporter = NULL) -> dict[tuple[str, str], tuple[int, str]]:
+    """Row count and content checksum of each of `tables` (`TableRef`, read with their own
+    column lists, so two databases can be compared on the columns they share) in database
+    `dbname`, all in one snapshot: the exported `snapshot` when given (a state held since
+    earlier), else a new one. Large tables are read in page-range parts by worker processes."""
+    pool = WorkerPool(jobs, reporter)
+    try:
+        main = open_data_session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=snapshot)
+        try:
+            try:
+                exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
+                live = {(t.schema, t.name): t for t in list_tables(main)[0]}
+                version = main.info.server_version
+            except psycopg.Error as exc:
+                raise error_cls(f"reading the database catalog failed: {first_line(exc)}") from None
+            session = Session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=exported)
+            tasks, owners, weights = [], [], []
+            for i, t in enumerate(tables):
+                here = live.get((t.schema, t.name))
+                if here is None:
+                    continue
+                ranges = plan_parts(here, jobs, version)
+                for pages in ranges:
+                    tasks.append((session, t, pages))
+                    owners.append(i)
+                    weights.append(here.bytes // len(ranges))
+            results = pool.run_items(checksum_part, tasks, weights)
+        finally:
+            main.close()
+    finally:
+        pool.close()
+    out: dict[tuple[str, str], tuple[int, str]] = {}
+    for k, i in enumerate(owners):
+        key = (tables[i].schema, tables[i].name)
+        rows, checksum = out.get(key, (0, ZERO))
+        out[key] = (rows + results[k][0], add_checksums(checksum, results[k][1]))
+    return out
+
+
+def count_tables(conns: list[psycopg.Connection], tables: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
+    """``count(*)`` of each table (None: absent), spread over the open sessions `conns` (one
+    thread each; sessions of the same database, or one transaction's snapshot each)."""
+    import threading
+
+    from psycopg import sql
+
+    out: dict[tuple[str, str], int | None] = {}
+    todo = list(tables)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run(conn: psycopg.Connection) -> None:
+        while True:
+            with lock:
+                if not todo or errors:
+                    return
+                s, n = todo.pop()
+            try:
+                if conn.execute("SELECT pg_catalog.to_regclass(%s)", (sql.Identifier(s, n).as_string(conn),)).fetchone()[0] is None:
+                    out[(s, n)] = None
+                else:
+                    out[(s, n)] = int(conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(s, n))).fetchone()[0])
+            except BaseException as exc:  # re-raised below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out

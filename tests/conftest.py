@@ -58,7 +58,7 @@ def start_cluster(name: str, **kw) -> Cluster:
 def pg():
     """The main throwaway cluster (superuser ``postgres``, trust auth on 127.0.0.1,
     ``wal_level = logical``)."""
-    c = start_cluster("test", major=default_major(), settings={"wal_level": "logical"})
+    c = start_cluster("test", major=default_major(), settings={"wal_level": "logical", "wal_retrieve_retry_interval": "200ms"})
     yield c
     c.stop()
 

@@ -129,6 +129,25 @@ def read_logs(paths: list[Path]) -> Acks:
     return a
 
 
+def unavailability(paths: list[Path]) -> float:
+    """Write unavailability as the writers saw it: the longest time, over all workers, from a
+    refused write (or one whose outcome is unknown) to the next acknowledged one."""
+    worst = 0.0
+    for p in paths:
+        if not p.exists():
+            continue
+        first_refused = None
+        for line in p.read_text().splitlines():
+            f = line.split()
+            if f[0] in ("err", "maybe"):
+                t = float(f[2] if f[0] == "err" else f[3])
+                first_refused = t if first_refused is None else first_refused
+            elif f[0] == "ack" and first_refused is not None:
+                worst = max(worst, float(f[4]) - first_refused)
+                first_refused = None
+    return worst
+
+
 def check(acks: Acks, conn, a_oid: int | None = None, freeze_point: float | None = None) -> list[str]:
     """Problems with the new service's database (`conn`) against the acknowledged writes: every
     one there exactly once; none acknowledged by A (`a_oid`) after `freeze_point`; no sequence

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from .. import history, locks, manifest as mf, names
-from ..config import Config
+from ..config import Config, Endpoint
 from ..errors import BusyError, ConfigError, RefusedError, SnapdbError, TargetError
 from ..ledger import Ledger, check_tag
 from ..postgres import DatabaseProps, alembic_revisions, connect, control_session, first_line, system_identifier
@@ -25,8 +25,9 @@ from ..progress import NULL, Reporter
 from ..snapshot import take_snapshot
 from ..store import MissingError, Store
 from . import freeze, journal, plan as planning, run
+from .run import RollbackResult
 
-MODES = ("snapshot",)
+MODES = ("snapshot", "replicate")
 
 
 def _service(cfg: Config, service: str):
@@ -37,8 +38,10 @@ def _service(cfg: Config, service: str):
 
 
 def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: list[mf.Manifest], *,
-              freeze_mode: str, drain_timeout: float, timeout: float | None) -> planning.Plan:
-    """Every check before anything changes (see `plan`); returns the plan or raises."""
+              freeze_mode: str, drain_timeout: float, timeout: float | None, mode: str = "snapshot",
+              max_freeze: float | None = None, to_server: Endpoint | None = None) -> planning.Plan:
+    """Every check before anything changes (see `plan`, and `rplan` for the replicate mode);
+    returns the plan or raises."""
     from .. import migrate, releases
 
     check_tag(tag)
@@ -62,15 +65,19 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
                 busy = conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND "
                                     "xact_start IS NOT NULL AND pid <> pg_catalog.pg_backend_pid()",
                                     (ep.dbname,)).fetchone()[0]
+                rehearsal = _rehearsal(cfg, store, service, svc, tag, rel, sysid)
+                rep = None
+                if mode == "replicate":
+                    rep = _replicate_checks(conn, ep, steps, rehearsal, store, service, svc, drain_timeout,
+                                            max_freeze, to_server)
+                    problems += rep[0]
+                    warnings += rep[1]
             except psycopg.Error as exc:
                 raise TargetError(f"reading {service!r} failed: {first_line(exc)}") from None
         origin = scripts.origin
     if not steps:
         problems.append(f"{service!r} is already at {tag} (revision {rel.revision}): there is nothing to cut over to")
-    rehearsal = None
     if svc.role == "production":
-        rehearsal = history.find_rehearsal(store, service, tag, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(),
-                                           lambda server: mf.same_source(server, svc, sysid))
         if rehearsal is None:
             problems.append(f"no rehearsal of {tag} (checksum {rel.checksum[:12]}) on a copy restored from a snapshot "
                             f"of {service!r} is on record: restore one into dev and upgrade it to {tag} first")
@@ -83,33 +90,84 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
         warnings.append(f"the proof that nothing was written after the freeze cannot decode WAL ({why}); it relies "
                         "on the table locks and the catalog fingerprint")
     planning.raise_problems(service, problems)
-    return planning.Plan(
+    prediction = planning.predict(store, service, ep, size, rehearsal, drain_timeout, own, busy)
+    if rep is not None:
+        prediction = rep[2]["prediction"]
+        free = None if to_server is not None else free  # the new database is on the other server
+    p = planning.Plan(
         service=service, database=ep.label(), tag=tag, revision=rel.revision, checksum=rel.checksum, scripts=origin,
         from_revision=current, from_tag=ledger.tag_for(current), steps=[s.to_json() for s in steps],
         freeze_mode=freeze_mode, drain_timeout=drain_timeout, timeout=timeout,
         rehearsal=rehearsal.record_id if rehearsal else None, size_bytes=size, free_bytes=free,
         proof="decoded WAL and catalog fingerprint" if can_decode else "catalog fingerprint and table locks",
-        prediction=planning.predict(store, service, ep, size, rehearsal, drain_timeout, own, busy), warnings=warnings)
+        prediction=prediction, warnings=warnings)
+    if rep is not None:
+        p.replicate = {k: v for k, v in rep[2].items() if k != "prediction"}
+        p.mode = "replicate"
+        p.to_server = to_server.display() if to_server is not None else None
+    return p
+
+
+def _rehearsal(cfg: Config, store: Store, service: str, svc, tag: str, rel, sysid) -> history.Record | None:
+    if svc.role != "production":
+        return None
+    return history.find_rehearsal(store, service, tag, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(),
+                                  lambda server: mf.same_source(server, svc, sysid))
+
+
+def _replicate_checks(conn, ep, steps, rehearsal, store, service, svc, drain_timeout, max_freeze, to_server):
+    from . import rplan
+
+    b_conn = None
+    try:
+        if to_server is not None:
+            b_conn = control_session(to_server, TargetError, dbname=_maint())
+            if b_conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (ep.dbname,)).fetchone():
+                extra = [f"database {ep.dbname!r} already exists on {to_server.display()}: the new database takes that name there"]
+            else:
+                extra = []
+            if b_conn.info.server_version // 10000 < conn.info.server_version // 10000:
+                extra.append(f"{to_server.display()} runs an older major version than {service!r}'s server")
+        else:
+            extra = []
+        problems, warnings, info = rplan.check(conn, ep.dbname, steps, rehearsal, store, service,
+                                               drain_timeout=drain_timeout, max_freeze=max_freeze, b_conn=b_conn,
+                                               has_swap_hook=bool(svc.hooks.get("after_swap")))
+        return problems + extra, warnings, info
+    finally:
+        if b_conn is not None:
+            b_conn.close()
 
 
 def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: list[mf.Manifest], *,
           freeze_: bool, freeze_mode: str, drain_timeout: float, timeout: float | None, dry_run: bool, jobs: int,
           maintenance_db: str, release_probe: Callable | None, reporter: Reporter = NULL,
-          mode: str = "snapshot") -> run.CutoverResult:
+          mode: str = "snapshot", max_freeze: float | None = None, to_server: Endpoint | None = None,
+          catchup_timeout: float = 3600.0) -> run.CutoverResult:
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if to_server is not None and mode != "replicate":
+        raise ConfigError("--to-server needs --mode replicate")
+    if max_freeze is not None and mode != "replicate":
+        raise ConfigError("--max-freeze needs --mode replicate (the snapshot mode's window holds the whole copy)")
     if not freeze_ and not dry_run:
         run.refuse_unfrozen()
     old = journal.Journal.load(store, service)
     if old is not None and old.state in ("running", "aborting"):
         journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
     p = preflight(cfg, service, tag, store, mdir, own, freeze_mode=freeze_mode, drain_timeout=drain_timeout,
-                  timeout=timeout)
+                  timeout=timeout, mode=mode, max_freeze=max_freeze, to_server=to_server)
     if dry_run:
         return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
                                  predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
     j = journal.Journal.start(store, service, tag, mode, freeze_mode)
     j.facts.update(timeout=timeout, drain_timeout=drain_timeout)
+    if mode == "replicate":
+        from .replicate import rep_name
+
+        j.facts.update(catchup_timeout=catchup_timeout, replication={
+            "name": rep_name(j.id), "to_server": {"params": dict(to_server.params)} if to_server is not None else None})
+        j.save(store)
     try:
         ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
                                release_probe=release_probe, mdir=mdir)
@@ -122,9 +180,26 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         ctx.result.plan = p.to_json()
         ctx.result.predicted_seconds = p.prediction.get("seconds")
         ctx.result.warnings += p.warnings
-        return run.proceed(ctx)
+        return _proceed(ctx)
     finally:
         run.close_context(ctx)
+
+
+def _proceed(ctx: run.Context) -> run.CutoverResult:
+    if ctx.j.mode == "replicate":
+        from . import replicate
+
+        return replicate.proceed(ctx)
+    return run.proceed(ctx)
+
+
+def _abort_before_swap(ctx: run.Context, reason: str) -> None:
+    if ctx.j.mode == "replicate":
+        from . import replicate
+
+        replicate.abort_before_swap(ctx, reason)
+    else:
+        run.abort_before_swap(ctx, reason)
 
 
 def _unfinished(store: Store, service: str) -> journal.Journal:
@@ -143,9 +218,9 @@ def resume(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, ma
                            release_probe=release_probe, mdir=mdir)
     try:
         if j.state == "aborting":
-            run.abort_before_swap(ctx, j.facts.get("abort_reason") or "finishing an interrupted abort")
+            _abort_before_swap(ctx, j.facts.get("abort_reason") or "finishing an interrupted abort")
             return ctx.result
-        return run.proceed(ctx)
+        return _proceed(ctx)
     finally:
         run.close_context(ctx)
 
@@ -158,9 +233,14 @@ def abort(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, mai
     ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
                            release_probe=None, mdir=mdir)
     try:
-        run.record_committed_swap(ctx)
+        if j.mode == "replicate":
+            from . import replicate
+
+            replicate.record_committed_swap(ctx)
+        else:
+            run.record_committed_swap(ctx)
         if not j.done("swap"):
-            run.abort_before_swap(ctx, "aborted by the operator (--abort)")
+            _abort_before_swap(ctx, "aborted by the operator (--abort)")
             return ctx.result
     finally:
         run.close_context(ctx)  # a rollback takes the lock itself
@@ -168,6 +248,17 @@ def abort(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, mai
                   discard_writes=False, release_probe=None, journal_=j)
     return run.CutoverResult(id=j.id, service=service, tag=j.tag, outcome="aborted", warnings=rb.warnings,
                              set_aside=rb.set_aside)
+
+
+def finish_window(cfg: Config, service: str, store: Store, *, maintenance_db: str) -> run.CutoverResult:
+    """End the rollback window of the last (replicate-mode) cutover (`reverse.finish`)."""
+    from . import reverse
+
+    _service(cfg, service)
+    out = reverse.finish(cfg, service, store, maintenance_db=maintenance_db)
+    j = journal.Journal.load(store, service)
+    return run.CutoverResult(id=out["cutover_id"], service=service, tag=j.tag if j else "", outcome="finished",
+                             set_aside=out["set_aside"], warnings=out["warnings"])
 
 
 # -- manual freeze ------------------------------------------------------------------------------------------
@@ -247,21 +338,6 @@ def _save_manual(store: Store, service: str, st: freeze.FreezeState) -> None:
 
 
 # -- rollback -----------------------------------------------------------------------------------------------
-@dataclass
-class RollbackResult:
-    service: str
-    cutover_id: str
-    restored: str  # the database that is SERVICE again (the set-aside one)
-    set_aside: str | None  # where the rolled-back release went
-    writes: dict = field(default_factory=dict)
-    writes_snapshot: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
 def _last_done(store: Store, service: str) -> journal.Journal:
     j = journal.Journal.load(store, service)
     if j is None or not j.done("swap") or j.facts.get("rolled_back"):
@@ -282,6 +358,11 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
     """
     started = time.monotonic()
     j = journal_ or _last_done(store, service)
+    from . import reverse
+
+    if j.mode == "replicate" and reverse.window_open(j):
+        return reverse.rollback(cfg, service, store, j, jobs=jobs, maintenance_db=maintenance_db,
+                                discard_writes=discard_writes, release_probe=release_probe, reporter=reporter)
     svc = _service(cfg, service)
     ep = svc.admin()
     aside = j.facts["set_aside"]
@@ -327,7 +408,7 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
 
             swap.swap_in(maint, ep.dbname, aside, a_oid, aside=gone)
         except BaseException:
-            _unfreeze_quietly(maint, st, ep.dbname)
+            freeze.unfreeze_quietly(maint, st, ep.dbname)
             raise
         # A serves again: the cutover's freeze on it is undone exactly; B stays frozen, set aside
         freeze.release(maint, freeze.FreezeState.from_json(j.facts["freeze"]), ep.dbname)
@@ -346,14 +427,6 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
         j.close(store, "aborted")
     out.seconds = time.monotonic() - started
     return out
-
-
-def _unfreeze_quietly(maint: psycopg.Connection, st: freeze.FreezeState, dbname: str) -> None:
-    try:
-        maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
-        freeze.release(maint, st)
-    except psycopg.Error:
-        pass
 
 
 def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict) -> dict:

@@ -71,6 +71,9 @@ class FreezeState:
     owner: str = ""
     props: dict = field(default_factory=dict)  # the database's properties before the freeze (for B)
     started_at: str | None = None
+    #: application names of snapdb's own replication sessions (walsenders of its subscriptions,
+    #: connected as `own_user`), which the drain and the gatekeeper leave alone
+    keep_apps: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -220,8 +223,9 @@ def others(conn: psycopg.Connection, st: FreezeState, dbname: str | None = None)
         """SELECT pid, usename, application_name, backend_xid IS NOT NULL, xact_start IS NOT NULL
            FROM pg_catalog.pg_stat_activity
            WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()
-             AND NOT (application_name = %s AND usename = %s)""",
-        (dbname or st.dbname, st.app_name, st.own_user)).fetchall()
+             AND NOT (application_name = %s AND usename = %s)
+             AND NOT (backend_type = 'walsender' AND application_name = ANY(%s) AND usename = %s)""",
+        (dbname or st.dbname, st.app_name, st.own_user, list(st.keep_apps), st.own_user)).fetchall()
 
 
 def terminate_others(conn: psycopg.Connection, st: FreezeState) -> int:
@@ -340,3 +344,12 @@ def probe(ep: Endpoint, st: FreezeState, tables: list[tuple[str, str]], maint: p
     out["xid_holders"] = 0
     out["prepared"] = 0
     return out
+
+
+def unfreeze_quietly(maint: psycopg.Connection, st: FreezeState, dbname: str) -> None:
+    """Best effort, on a failed rollback: `dbname` open again and its freeze `st` undone."""
+    try:
+        maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+        release(maint, st)
+    except psycopg.Error:
+        pass

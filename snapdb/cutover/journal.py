@@ -32,6 +32,10 @@ FORMAT = "snapdb-cutover/1"
 PREFIX = "catalog/cutovers/"
 RECEIPTS = "catalog/receipts/"
 STEPS = ("preflight", "freeze", "snapshot", "build", "upgrade", "prove", "swap", "compare", "finish")
+#: the replicate mode's steps (`snapdb.cutover.replicate`)
+REPLICATE_STEPS = ("preflight", "build", "follow", "upgrade", "freeze", "fence", "finalize", "prove", "swap",
+                   "compare", "reverse", "finish")
+STEPS_BY_MODE = {"snapshot": STEPS, "replicate": REPLICATE_STEPS}
 
 
 def service_key(service: str) -> str:
@@ -111,7 +115,8 @@ class Journal:
             )
         now = utcnow()
         j = cls(id=now.strftime("%Y%m%dT%H%M%S") + "Z-" + secrets.token_hex(3), service=service, tag=tag,
-                mode=mode, freeze_mode=freeze_mode, started_at=now.isoformat())
+                mode=mode, freeze_mode=freeze_mode, started_at=now.isoformat(),
+                steps=[Step(s) for s in STEPS_BY_MODE[mode]])
         j.save(store)
         return j
 
@@ -120,7 +125,7 @@ class Journal:
         return next(s for s in self.steps if s.name == name)
 
     def done(self, name: str) -> bool:
-        return self.get(name).status in ("done", "skipped")
+        return any(s.name == name and s.status in ("done", "skipped") for s in self.steps)
 
     def begin(self, store: Store, name: str) -> None:
         s = self.get(name)
@@ -183,4 +188,21 @@ def all_journals(store: Store) -> list[Journal]:
                 out.append(Journal(**data))
             except (MissingError, json.JSONDecodeError, TypeError):
                 continue
+    return out
+
+
+def finished(store: Store, service: str) -> list[Journal]:
+    """Every finished (done or aborted) cutover of `service`, in no particular order."""
+    out = []
+    prefix = f"{PREFIX}{service_key(service)}/"
+    for key in store.list(prefix):
+        if key.endswith("/journal.json") or not key.endswith(".json"):
+            continue
+        try:
+            with store.reader(key) as f:
+                data = json.loads(f.read())
+            data["steps"] = [Step(**s) for s in data.get("steps", [])]
+            out.append(Journal(**data))
+        except (MissingError, json.JSONDecodeError, TypeError):
+            continue
     return out

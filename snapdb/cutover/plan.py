@@ -53,6 +53,9 @@ class Plan:
     proof: str  # "decoded WAL and catalog fingerprint" | "catalog fingerprint"
     prediction: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    mode: str = "snapshot"
+    replicate: dict | None = None  # replicate mode: `rplan.check`'s info
+    to_server: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -76,6 +76,21 @@ class CutoverResult:
 
 
 @dataclass
+class RollbackResult:
+    service: str
+    cutover_id: str
+    restored: str  # the database that is SERVICE again (the set-aside one)
+    set_aside: str | None  # where the rolled-back release went
+    writes: dict = field(default_factory=dict)
+    writes_snapshot: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class Context:
     """Everything the steps share (rebuilt from the journal on resume)."""
 
@@ -96,6 +111,8 @@ class Context:
     build: Build | None = None
     deadline: float | None = None
     result: CutoverResult | None = None
+    b_maint: psycopg.Connection | None = None  # replicate mode, another server: its maintenance session
+    b_snapshot: tuple | None = None  # replicate mode: (session, exported snapshot) of B as swapped in
 
     @property
     def dbname(self) -> str:
@@ -181,11 +198,12 @@ def _hook(ctx: Context, point: str, **extra) -> None:
 
 
 # -- 2. freeze -------------------------------------------------------------------------------------
-def _freeze(ctx: Context) -> None:
+def _freeze(ctx: Context, keep_apps: tuple[str, ...] = ()) -> None:
     j = ctx.j
     j.begin(ctx.store, "freeze")
     _hook(ctx, "before_freeze")
     st = freeze.capture(ctx.maint, ctx.dbname, j.freeze_mode)
+    st.keep_apps = list(keep_apps)
     ctx.st = st
     a_oid = ctx.maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ctx.dbname,)).fetchone()[0]
     j.note(ctx.store, freeze=st.to_json(), a_oid=int(a_oid))  # what to undo, before anything changes
@@ -525,6 +543,10 @@ def close_context(ctx: Context) -> None:
         ctx.hold.close()
     if ctx.build is not None:
         ctx.build.close()
+    if ctx.b_snapshot is not None:
+        ctx.b_snapshot[0].close()
+    if ctx.b_maint is not None:
+        ctx.b_maint.close()
     ctx.maint.close()
 
 
