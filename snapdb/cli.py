@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import signal
 import sys
 import threading
 import traceback
@@ -27,7 +28,7 @@ from rich.table import Table
 
 from . import __version__, commands
 from .config import load_config
-from .errors import SnapdbError
+from .errors import IntegrityError, SnapdbError
 from .progress import NULL, Reporter
 
 app = typer.Typer(
@@ -458,8 +459,13 @@ def cutover(
                                abort=abort, finish=finish, jobs=jobs, migrations=migrations, store=store,
                                reporter=_reporter(as_json), max_freeze=max_freeze, to_server=to_server,
                                catchup_timeout=catchup_timeout)
+    # a finished cutover whose set-aside database differs from what B was built from: the new
+    # release serves, but a write may be missing from it; say so and exit non-zero
+    failed_compare = res.outcome == "done" and (res.compare or {}).get("matches") is False
     if as_json:
         _emit_json(res.to_json())
+        if failed_compare:
+            raise typer.Exit(IntegrityError.exit_code)
         return
     p = res.plan or {}
     pred = (p.get("prediction") or {})
@@ -486,15 +492,19 @@ def cutover(
                 _say(f"  {st['name']:<10} {_secs(st['seconds'])}")
         proof = res.proof or {}
         cmp = res.compare or {}
-        if (res.plan or {}).get("mode") == "replicate":
+        if failed_compare:
+            other = "the new one" if (res.plan or {}).get("mode") == "replicate" else f"snapshot {res.snapshot_id}"
+            first = (cmp.get("differences") or ["?"])[0]
+            err.print(f"zero-loss check FAILED: the set-aside database {res.set_aside} differs from {other} "
+                      f"({first}); a write may be missing from the new database", markup=False)
+        elif (res.plan or {}).get("mode") == "replicate":
             counts = proof.get("counts") or {}
             _say(f"zero-loss check: no write after the freeze point ({proof.get('by')}); row counts equal in "
-                 f"{counts.get('tables')} tables at the fence; set-aside database "
-                 f"{'matches' if cmp.get('matches') else 'DIFFERS FROM'} the new one "
+                 f"{counts.get('tables')} tables at the fence; set-aside database matches the new one "
                  f"({cmp.get('tables_compared', 0)} tables compared in full)")
         else:
             _say(f"zero-loss check: no write after the freeze point ({proof.get('by')}); "
-                 f"set-aside database {'matches' if cmp.get('matches') else 'DIFFERS FROM'} snapshot {res.snapshot_id}")
+                 f"set-aside database matches snapshot {res.snapshot_id}")
         typer.echo(res.id or "")
     elif res.outcome == "finished":
         _say(f"rollback window of cutover {res.id} of {res.service} ended; {res.set_aside} stays set aside, closed")
@@ -502,6 +512,8 @@ def cutover(
         _say(f"cutover {res.id} of {res.service}: {res.outcome}")
     for w in res.warnings:
         err.print(f"warning: {w}", markup=False)
+    if failed_compare:
+        raise typer.Exit(IntegrityError.exit_code)
 
 
 @app.command("freeze")
@@ -642,6 +654,13 @@ def normalize_args(argv: list[str]) -> list[str]:
     return front + rest
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. SIGTERM and SIGHUP interrupt like SIGINT (Ctrl-C): a cutover before
+    its swap aborts cleanly, one after it stops without undoing anything."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     app(args=normalize_args(sys.argv[1:]), prog_name="snapdb")

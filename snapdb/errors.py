@@ -104,7 +104,7 @@ EXIT_CODES: dict[int, str] = {
     SourceError.exit_code: "the source database could not be read",
     TargetError.exit_code: "the target server failed: a restore left the target unchanged; an upgrade could not connect or record its history",
     StoreError.exit_code: "the snapshot store could not be read or written, or no such snapshot",
-    IntegrityError.exit_code: "a snapshot or restored database does not match its manifest, or a migration script does not match the release ledger",
+    IntegrityError.exit_code: "a snapshot or restored database does not match its manifest, or a migration script does not match the release ledger; or, after a cutover, the set-aside database differs from what the new one was built from",
     RefusedError.exit_code: "refused by a safety rule (production target, own source, no rehearsal, database ahead of the release, ...)",
     BusyError.exit_code: "another snapdb run holds the lock for this target",
     ToolError.exit_code: "pg_dump / pg_restore (or git) of a suitable version not found",

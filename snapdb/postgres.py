@@ -267,6 +267,18 @@ def _locale_columns(version: int) -> str:
     return "'c'::text, NULL::text, NULL::text"
 
 
+def default_acl(owner: str) -> list[dict]:
+    """A database's default privileges (``acldefault('d', owner)``) as aclexplode rows."""
+    return [{"grantee": g, "privilege": p, "grantable": False}
+            for g, p in sorted([(owner, "CONNECT"), (owner, "CREATE"), (owner, "TEMPORARY"),
+                                ("PUBLIC", "CONNECT"), ("PUBLIC", "TEMPORARY")])]
+
+
+def _is_default_acl(acl: list[dict], owner: str) -> bool:
+    return sorted((g["grantee"], g["privilege"], g["grantable"]) for g in acl) == \
+        sorted((g["grantee"], g["privilege"], g["grantable"]) for g in default_acl(owner))
+
+
 def read_database_props(conn: psycopg.Connection, dbname: str) -> DatabaseProps:
     """Read `dbname`'s properties from the shared catalogs (any server version from 13)."""
     row = conn.execute(
@@ -297,6 +309,8 @@ def read_database_props(conn: psycopg.Connection, dbname: str) -> DatabaseProps:
                 (oid,),
             ).fetchall()
         ]
+        if _is_default_acl(props.acl, props.owner):
+            props.acl = None  # granted explicitly but the same as the default: the default
     for role, setconfig in conn.execute(
         """SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole) END,
                   s.setconfig
@@ -379,6 +393,22 @@ def apply_database_props(conn: psycopg.Connection, dbname: str, props: DatabaseP
     conn.execute(
         sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(props.connection_limit))
     )
+    apply_database_acl(conn, dbname, props)
+    conn.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
+    for item in props.settings:
+        conn.execute(sql.SQL("ALTER DATABASE {} ").format(db) + setting_clause(item))
+    for role, items in props.role_settings.items():
+        for item in items:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(role), db)
+                + setting_clause(item)
+            )
+
+
+def apply_database_acl(conn: psycopg.Connection, dbname: str, props: DatabaseProps) -> None:
+    """Make `dbname`'s privileges `props.acl` (nothing for None, the default ones). Runs in the
+    caller's transaction."""
+    db = sql.Identifier(dbname)
     if props.acl is not None:
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
         if props.owner:
@@ -392,15 +422,6 @@ def apply_database_props(conn: psycopg.Connection, dbname: str, props: DatabaseP
                     sql.SQL(g["privilege"]), db, grantee,
                     sql.SQL(" WITH GRANT OPTION") if g["grantable"] else sql.SQL(""),
                 )
-            )
-    conn.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
-    for item in props.settings:
-        conn.execute(sql.SQL("ALTER DATABASE {} ").format(db) + setting_clause(item))
-    for role, items in props.role_settings.items():
-        for item in items:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(role), db)
-                + setting_clause(item)
             )
 
 

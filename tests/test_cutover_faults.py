@@ -17,7 +17,10 @@ from .dbcompare import database_props
 from .loadharness import Harness, check, read_logs
 
 V10, V20 = "3f1c0a9e5b10", "c94a06f3e872"
-STEPS = ["preflight", "freeze", "snapshot", "build", "upgrade", "prove", "swapped-unrecorded", "swap", "compare"]
+# "freeze-applied" (inside the freeze step: A frozen, the step not yet recorded) and "closed"
+# (inside the swap: A closed to connections, not yet swapped) are inside steps
+STEPS = ["preflight", "freeze-applied", "freeze", "snapshot", "build", "upgrade", "prove", "closed",
+         "swapped-unrecorded", "swap", "compare"]
 AFTER_SWAP = {"swapped-unrecorded", "swap", "compare"}
 
 
@@ -69,6 +72,7 @@ def test_killed_cutover_then_resume_or_abort(pg, tmp_path, dbname, step, then):
     assert not problems, problems
     if outcome == "done":
         assert env.revision() == V20 and env.oid(env.prod) != a_oid
+        assert database_props(pg, env.prod) == props  # A's properties, not its frozen state
     else:
         assert env.revision() == V10 and env.oid(env.prod) == a_oid
         assert database_props(pg, env.prod) == props  # unfrozen exactly as it was

@@ -16,15 +16,15 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from .. import history, locks, manifest as mf, names
+from .. import faults, fingerprint, history, locks, manifest as mf, names
 from ..config import Config, Endpoint
 from ..errors import BusyError, ConfigError, RefusedError, SnapdbError, TargetError
 from ..ledger import Ledger, check_tag
-from ..postgres import DatabaseProps, alembic_revisions, connect, control_session, first_line, system_identifier
+from ..postgres import SNAPDB_SCHEMA, DatabaseProps, alembic_revisions, connect, control_session, first_line, system_identifier
 from ..progress import NULL, Reporter
 from ..snapshot import take_snapshot
 from ..store import MissingError, Store
-from . import freeze, journal, plan as planning, run
+from . import freeze, journal, plan as planning, proof, run
 from .run import RollbackResult
 
 MODES = ("snapshot", "replicate")
@@ -299,6 +299,7 @@ def freeze_service(cfg: Config, service: str, store: Store, *, mode: str, drain_
     with control_session(ep, TargetError, dbname=maintenance_db) as maint:
         locks.acquire(maint, ep.dbname, "freeze", repr(service))
         st = freeze.capture(maint, ep.dbname, mode)
+        freeze.plan_roles(maint, st)
         _save_manual(store, service, st)  # before anything changes: unfreeze can always undo it
         freeze.apply(maint, st)
         _save_manual(store, service, st)
@@ -367,53 +368,27 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
     ep = svc.admin()
     aside = j.facts["set_aside"]
     b_oid = int(j.facts["build"]["oid"])
+    a_oid = j.facts.get("a_oid")
     out = RollbackResult(service=service, cutover_id=j.id, restored=aside, set_aside=None)
     with control_session(ep, TargetError, dbname=maintenance_db) as maint:
         locks.acquire(maint, ep.dbname, "rollback", repr(service))
-        row = maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ep.dbname,)).fetchone()
-        if row is None or int(row[0]) != b_oid:
-            raise RefusedError(f"{service!r} is no longer the database cutover {j.id} put in place; refusing to "
-                               "roll back over it", hint="nothing was changed")
-        if not maint.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (aside,)).fetchone():
-            raise RefusedError(f"the set-aside database {aside!r} is gone; nothing to roll back to")
-        st = freeze.capture(maint, ep.dbname, "read-only")
-        j.note(store, rollback_freeze=st.to_json())
-        freeze.apply(maint, st)
-        try:
-            freeze.drain(maint, st, 5.0)
-            hold = freeze.Hold(ep, st, ep.with_dbname(maintenance_db))
-            try:
-                out.writes = _writes_since_cutover(maint, ep.dbname, j.facts.get("b_counters") or {})
-                if out.writes.get("changed") and not discard_writes:
-                    raise RefusedError(
-                        f"{service!r} took writes since the cutover ({out.writes['summary']}); a rollback would lose them",
-                        hint=f"snapdb rollback {service} --discard-writes keeps them in a snapshot first; "
-                             "nothing was changed")
-                if out.writes.get("changed"):
-                    m = take_snapshot(freeze.own_endpoint(ep, st), store, jobs=jobs, reporter=reporter,
-                                      label=f"writes discarded by the rollback of cutover {j.id}",
-                                      release_probe=release_probe, database_props=DatabaseProps(**st.props))
-                    out.writes_snapshot = m.id
-                # B closed to connections, its last sessions ended under the locks, then the swap
-                maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ep.dbname)))
-                for (pid,) in maint.execute("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s "
-                                            "AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s",
-                                            (ep.dbname, hold.conn.info.backend_pid)).fetchall():
-                    maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
-            finally:
-                hold.close()
-            gone = names.rolledback_name(ep.dbname, mf.utcnow())
-            a_oid = int(maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (aside,)).fetchone()[0])
-            from .. import swap
-
-            swap.swap_in(maint, ep.dbname, aside, a_oid, aside=gone)
-        except BaseException:
-            freeze.unfreeze_quietly(maint, st, ep.dbname)
-            raise
-        # A serves again: the cutover's freeze on it is undone exactly; B stays frozen, set aside
-        freeze.release(maint, freeze.FreezeState.from_json(j.facts["freeze"]), ep.dbname)
-        maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ep.dbname)))
-        out.set_aside = gone
+        oids = dict(maint.execute("SELECT datname, oid::int8 FROM pg_catalog.pg_database").fetchall())
+        if a_oid is not None and oids.get(ep.dbname) == int(a_oid) and j.facts.get("rollback_freeze"):
+            # an interrupted rollback whose swap had committed: the old database serves again
+            gone = next((d for d, o in oids.items() if o == b_oid), None)
+            out.set_aside = gone
+            _finish_rollback(maint, j, ep)
+        else:
+            if oids.get(ep.dbname) != b_oid:
+                raise RefusedError(f"{service!r} is no longer the database cutover {j.id} put in place; refusing to "
+                                   "roll back over it", hint="nothing was changed")
+            if aside not in oids:
+                raise RefusedError(f"the set-aside database {aside!r} is gone; nothing to roll back to")
+            if a_oid is not None and oids[aside] != int(a_oid):
+                raise RefusedError(f"{aside!r} is not the database cutover {j.id} set aside (OID {oids[aside]}, "
+                                   f"expected {a_oid}); refusing to swap it in", hint="nothing was changed")
+            _swap_back(cfg, service, store, j, maint, ep, out, jobs=jobs, maintenance_db=maintenance_db,
+                       discard_writes=discard_writes, release_probe=release_probe, reporter=reporter)
     rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
     rec.ended_at = mf.utcnow().isoformat()
     rec.error = None
@@ -429,9 +404,73 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
     return out
 
 
-def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict) -> dict:
+def _swap_back(cfg: Config, service: str, store: Store, j: journal.Journal, maint: psycopg.Connection, ep,
+               out: RollbackResult, *, jobs: int, maintenance_db: str, discard_writes: bool,
+               release_probe: Callable | None, reporter: Reporter) -> None:
+    """Freeze B (reusing an interrupted rollback's recorded freeze state: B as it was before
+    that one), check it took no write, swap the set-aside A back in, undo A's freeze."""
+    aside = j.facts["set_aside"]
+    if j.facts.get("rollback_freeze"):  # an interrupted rollback's: B may be closed too
+        st = freeze.FreezeState.from_json(j.facts["rollback_freeze"])
+        maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ep.dbname)))
+    else:
+        st = freeze.capture(maint, ep.dbname, "read-only")
+        freeze.plan_roles(maint, st)
+        j.note(store, rollback_freeze=st.to_json())
+    freeze.apply(maint, st)
+    faults.checkpoint("rollback:frozen")
+    try:
+        freeze.drain(maint, st, 5.0)
+        hold = freeze.Hold(ep, st, ep.with_dbname(maintenance_db))
+        try:
+            out.writes = _writes_since_cutover(maint, ep.dbname, j.facts.get("b_counters") or {},
+                                               j.facts.get("b_sequences"), hold.conn)
+            if out.writes.get("changed") and not discard_writes:
+                raise RefusedError(
+                    f"{service!r} took writes since the cutover ({out.writes['summary']}); a rollback would lose them",
+                    hint=f"snapdb rollback {service} --discard-writes keeps them in a snapshot first; "
+                         "nothing was changed")
+            if out.writes.get("changed"):
+                m = take_snapshot(freeze.own_endpoint(ep, st), store, jobs=jobs, reporter=reporter,
+                                  label=f"writes discarded by the rollback of cutover {j.id}",
+                                  release_probe=release_probe, database_props=DatabaseProps(**st.props))
+                out.writes_snapshot = m.id
+            # B closed to connections, its last sessions ended under the locks, then the swap
+            maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ep.dbname)))
+            for (pid,) in maint.execute("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s "
+                                        "AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s",
+                                        (ep.dbname, hold.conn.info.backend_pid)).fetchall():
+                maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+        finally:
+            hold.close()
+        gone = names.rolledback_name(ep.dbname, mf.utcnow())
+        a_oid = int(maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (aside,)).fetchone()[0])
+        from .. import swap
+
+        swap.swap_in(maint, ep.dbname, aside, a_oid, aside=gone)
+    except BaseException:
+        freeze.unfreeze_quietly(maint, st, ep.dbname)
+        j.note(store, rollback_freeze=None)  # undone: a next rollback starts afresh
+        raise
+    faults.checkpoint("rollback:swapped-unrecorded")
+    out.set_aside = gone
+    _finish_rollback(maint, j, ep)
+
+
+def _finish_rollback(maint: psycopg.Connection, j: journal.Journal, ep) -> None:
+    """A serves again: the cutover's freeze on it undone exactly, open; B stays frozen, set
+    aside; the cutover's proof slot (left when it was rolled back before its compare) dropped."""
+    freeze.release(maint, freeze.FreezeState.from_json(j.facts["freeze"]), ep.dbname)
+    maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ep.dbname)))
+    if j.facts.get("slot"):
+        proof.drop_slot(maint, j.facts["slot"])
+
+
+def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict, sequences: dict | None = None,
+                          session: psycopg.Connection | None = None) -> dict:
     """Row changes the server counted in `dbname` since the swap (every session of it has ended,
-    so its counters are complete)."""
+    so its counters are complete), and sequences moved since (`sequences`: their values at the
+    swap, read now on `session`, a session on `dbname`): a ``nextval`` is a write too."""
     from .run import _write_counters
 
     now = _write_counters(maint, dbname)
@@ -440,9 +479,15 @@ def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict
     delta = {k: now[k] - baseline.get(k, 0) for k in now}
     if any(v < 0 for v in delta.values()):
         return {"changed": True, "summary": "unknown: the server's counters were reset since the swap", "delta": delta}
-    changed = any(v > 0 for v in delta.values())
+    moved = []
+    if sequences is not None and session is not None:
+        current = fingerprint.fingerprint(session)["sequences"]
+        moved = sorted(n for n in set(current) | set(sequences) if not n.startswith(f"{SNAPDB_SCHEMA}.")
+                       and current.get(n) != sequences.get(n))
+    changed = any(v > 0 for v in delta.values()) or bool(moved)
     summary = ", ".join(f"{v} {k.removeprefix('tup_')}" for k, v in delta.items() if v) or "none"
-    return {"changed": changed, "summary": f"rows {summary}", "delta": delta}
+    summary = f"rows {summary}" + (f"; sequences moved: {', '.join(moved[:5])}" if moved else "")
+    return {"changed": changed, "summary": summary, "delta": delta, "sequences_moved": moved}
 
 
 # -- status -----------------------------------------------------------------------------------------------

@@ -142,8 +142,20 @@ def _db(dbname: str) -> sql.Composable:
     return sql.Identifier(dbname)
 
 
+def plan_roles(conn: psycopg.Connection, st: FreezeState) -> None:
+    """Record in `st.role_settings` the roles whose own setting `apply` must override, with their
+    entries as they are now (changes nothing). Journal `st` after this and before `apply`: a
+    run killed inside `apply` then still knows the original entries (entries already recorded
+    are kept, so calling it again on a frozen database records nothing wrong)."""
+    for role, value in effective_read_only(conn, st.dbname).items():
+        in_db = _entry(conn, st.dbname, role)
+        if value != "on" or in_db is not None:
+            st.role_settings.setdefault(role, in_db)
+
+
 def apply(conn: psycopg.Connection, st: FreezeState) -> None:
-    """Layers 1 and 2 (see module docstring), in one transaction on `conn` (any database)."""
+    """Layers 1 and 2 (see module docstring), in one transaction on `conn` (any database).
+    Applying it again with the same (journaled) `st` is harmless."""
     with conn.transaction():
         conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(_db(st.dbname)))
         for role, value in effective_read_only(conn, st.dbname).items():
@@ -157,12 +169,12 @@ def apply(conn: psycopg.Connection, st: FreezeState) -> None:
             for g in sorted(grantees - {st.own_user}):
                 who = sql.SQL("PUBLIC") if g == "PUBLIC" else sql.Identifier(g)
                 conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(_db(st.dbname), who))
-            if not _is_superuser(conn):
+            if not is_superuser(conn):
                 conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(_db(st.dbname), sql.Identifier(st.own_user)))
     st.started_at = st.started_at or utcnow().isoformat()
 
 
-def _is_superuser(conn: psycopg.Connection) -> bool:
+def is_superuser(conn: psycopg.Connection) -> bool:
     return bool(conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0])
 
 
@@ -205,7 +217,7 @@ def _restore_acl(conn: psycopg.Connection, db: sql.Composable, st: FreezeState) 
     acl = st.acl if not st.acl_default else [
         {"grantee": st.owner, "privilege": p, "grantable": False} for p in ("CONNECT", "CREATE", "TEMPORARY")
     ] + [{"grantee": "PUBLIC", "privilege": p, "grantable": False} for p in ("CONNECT", "TEMPORARY")]
-    if not _is_superuser(conn) and not any(g["grantee"] == st.own_user and g["privilege"] == "CONNECT" for g in acl):
+    if not is_superuser(conn) and not any(g["grantee"] == st.own_user and g["privilege"] == "CONNECT" for g in acl):
         conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(db, sql.Identifier(st.own_user)))
     for g in acl:
         if g["privilege"] != "CONNECT":

@@ -33,6 +33,14 @@ class HookFailed(SnapdbError):
 
     exit_code = 12
     kind = "aborted"
+    #: what ran (exit code -9 when killed by the timeout, 127 when it could not start), for the receipt
+    result: "HookResult | None" = None
+
+
+def _failed(message: str, res: "HookResult", hint: str | None = None) -> HookFailed:
+    exc = HookFailed(message, hint=hint)
+    exc.result = res
+    return exc
 
 
 @dataclass
@@ -64,18 +72,20 @@ def run(point: str, command: str | None, facts: dict, timeout: float = DEFAULT_T
         proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
     except OSError as exc:
-        raise HookFailed(f"hook {point} could not run: {exc.strerror}") from None
+        raise _failed(f"hook {point} could not run: {exc.strerror}",
+                      HookResult(point, command, 127, time.monotonic() - started, exc.strerror or "")) from None
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise HookFailed(f"hook {point} did not finish within {timeout:g} s: {command}",
-                         hint="raise hook_timeout in the service's [hooks], or fix the command") from None
+        raise _failed(f"hook {point} did not finish within {timeout:g} s: {command}",
+                      HookResult(point, command, -9, time.monotonic() - started, "killed: timeout"),
+                      hint="raise hook_timeout in the service's [hooks], or fix the command") from None
     for line in out.decode("utf-8", "replace").splitlines():
         tail.append(line)
     res = HookResult(point, command, proc.returncode, time.monotonic() - started, "\n".join(tail))
     if proc.returncode != 0:
         last = tail[-1] if tail else ""
-        raise HookFailed(f"hook {point} failed (exit {proc.returncode}): {command}" + (f": {last}" if last else ""))
+        raise _failed(f"hook {point} failed (exit {proc.returncode}): {command}" + (f": {last}" if last else ""), res)
     return res

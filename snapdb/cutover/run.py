@@ -37,15 +37,16 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from .. import faults, history, locks, manifest as mf, names
+from .. import faults, fingerprint, history, locks, manifest as mf, names
 from ..config import Config, Endpoint
-from ..errors import AbortedError, ConfigError, RefusedError, SnapdbError, TargetError
-from ..postgres import DatabaseProps, connect, control_session, drop_database, first_line
+from ..errors import AbortedError, ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
+from ..postgres import (SNAPDB_SCHEMA, DatabaseProps, apply_database_acl, connect, control_session, default_acl,
+                        drop_database, first_line)
 from ..progress import NULL, Reporter
 from ..restore import Build, RestoreOptions
 from ..snapshot import take_snapshot
 from ..store import Store
-from ..verify import verify_database
+from ..verify import table_sums, verify_database
 from . import freeze, hooks, journal, proof
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,12 @@ def proceed(ctx: Context) -> CutoverResult:
     except AbortedError:
         raise
     except (SnapdbError, psycopg.Error, KeyboardInterrupt) as exc:
-        if j.done("swap"):
-            raise
         reason = exc.message if isinstance(exc, SnapdbError) else ("interrupted" if isinstance(exc, KeyboardInterrupt)
                                                                     else first_line(exc))
+        if j.done("swap"):
+            raise
+        if swap_may_have_committed(ctx):
+            raise_after_swap(ctx, reason)
         abort_before_swap(ctx, reason)
         raise AbortedError(f"cutover of {ctx.service!r} to {j.tag} aborted at step {j.step}: {reason}",
                            hint=f"{ctx.service!r} serves again as before, unfrozen, and took every write; nothing was "
@@ -185,33 +188,89 @@ def record_committed_swap(ctx: Context) -> None:
               set_aside=j.facts["aside"], swapped_at=None, freeze_window_seconds=None)
 
 
+def swap_may_have_committed(ctx: Context) -> bool:
+    """After a failure: did the swap commit (B serves as SERVICE)? When that cannot be told
+    (the server is unreachable), True: an abort must never run over a committed swap."""
+    build = ctx.j.facts.get("build") or {}
+    if not build.get("oid") or not ctx.j.facts.get("aside"):
+        return False  # the swap never started
+    try:
+        return _swapped(ctx)
+    except psycopg.Error:
+        try:
+            with control_session(ctx.ep, TargetError, dbname=ctx.maintenance_db) as conn:
+                row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s",
+                                   (ctx.dbname,)).fetchone()
+            return bool(row) and int(row[0]) == int(build["oid"])
+        except (SnapdbError, psycopg.Error):
+            return True
+
+
+def raise_after_swap(ctx: Context, reason: str) -> None:
+    """A failure once the swap may have committed: record it if it did, never abort, and say
+    how to finish."""
+    try:
+        record_committed_swap(ctx)
+    except (SnapdbError, psycopg.Error):
+        pass  # --resume records it
+    raise TargetError(f"the cutover of {ctx.service!r} to {ctx.j.tag} was interrupted after its swap: {reason}",
+                      hint=f"the new database may already serve as {ctx.service!r}; nothing was undone. "
+                           f"`snapdb cutover {ctx.service} --resume` finishes it (or --abort rolls back)")
+
+
 def _check_deadline(ctx: Context) -> None:
     if ctx.deadline is not None and time.time() > ctx.deadline:
         raise TargetError(f"the cutover's --timeout ({ctx.j.facts.get('timeout')} s) was exceeded before the swap")
 
 
 def _hook(ctx: Context, point: str, **extra) -> None:
-    res = hooks.run(point, ctx.svc.hooks.get(point), ctx.facts(**extra), ctx.svc.hook_timeout)
+    """Run a hook; its result, failed or not, goes into the journal (and so the receipt)."""
+    try:
+        res = hooks.run(point, ctx.svc.hooks.get(point), ctx.facts(**extra), ctx.svc.hook_timeout)
+    except hooks.HookFailed as exc:
+        if exc.result is not None:
+            ctx.result.hooks.append({**exc.result.to_json(), "failed": True})
+            ctx.j.note(ctx.store, hooks=ctx.result.hooks)
+        raise
     if res is not None:
         ctx.result.hooks.append(res.to_json())
         ctx.j.note(ctx.store, hooks=ctx.result.hooks)
 
 
+def warn(ctx: Context, message: str) -> None:
+    """A warning for the result, kept in the journal so a resumed run's receipt has it too."""
+    if message not in ctx.result.warnings:
+        ctx.result.warnings.append(message)
+    ctx.j.note(ctx.store, warnings=list(ctx.result.warnings))
+
+
 # -- 2. freeze -------------------------------------------------------------------------------------
 def _freeze(ctx: Context, keep_apps: tuple[str, ...] = ()) -> None:
+    """The freeze step. A run killed inside it left its captured state in the journal: that,
+    not A as it is now (partly frozen), is what to restore, so it is never captured again."""
     j = ctx.j
     j.begin(ctx.store, "freeze")
-    _hook(ctx, "before_freeze")
-    st = freeze.capture(ctx.maint, ctx.dbname, j.freeze_mode)
-    st.keep_apps = list(keep_apps)
-    ctx.st = st
-    a_oid = ctx.maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ctx.dbname,)).fetchone()[0]
-    j.note(ctx.store, freeze=st.to_json(), a_oid=int(a_oid))  # what to undo, before anything changes
-    slot = proof.slot_name(j.id)
-    with connect(freeze.own_endpoint(ctx.ep, st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
-        lsn, why = proof.create_slot(conn, slot, timeout=max(5.0, j.facts.get("drain_timeout", 5.0)))
-    j.note(ctx.store, slot=slot if lsn else None, slot_lsn=lsn, slot_missing=why)
+    if j.facts.get("freeze"):
+        st = freeze.FreezeState.from_json(j.facts["freeze"])
+        ctx.st = st
+    else:
+        _hook(ctx, "before_freeze")
+        st = freeze.capture(ctx.maint, ctx.dbname, j.freeze_mode)
+        st.keep_apps = list(keep_apps)
+        freeze.plan_roles(ctx.maint, st)
+        ctx.st = st
+        a_oid = ctx.maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s",
+                                  (ctx.dbname,)).fetchone()[0]
+        j.note(ctx.store, freeze=st.to_json(), a_oid=int(a_oid))  # what to undo, before anything changes
+    faults.checkpoint("cutover:freeze-captured")
+    if "slot_lsn" not in j.facts:
+        slot = proof.slot_name(j.id)
+        with connect(freeze.own_endpoint(ctx.ep, st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
+            proof.drop_slot(conn, slot)  # one a killed run created but did not journal
+            lsn, why = proof.create_slot(conn, slot, timeout=max(5.0, j.facts.get("drain_timeout", 5.0)))
+        j.note(ctx.store, slot=slot if lsn else None, slot_lsn=lsn, slot_missing=why)
     freeze.apply(ctx.maint, st)
+    faults.checkpoint("cutover:freeze-applied")
     j.note(ctx.store, freeze=st.to_json())
     drained = freeze.drain(ctx.maint, st, float(j.facts.get("drain_timeout", 5.0)))
     ctx.hold = freeze.Hold(ctx.ep, st, ctx.ep.with_dbname(ctx.maintenance_db))
@@ -238,6 +297,12 @@ def _refreeze(ctx: Context) -> None:
     ctx.st = freeze.FreezeState.from_json(j.facts["freeze"])
     if j.done("swap"):
         return
+    if j.facts.get("closed"):
+        # killed inside the swap, after A was closed to connections: open it again (the freeze's
+        # layers still hold) so that snapdb can take its locks again; the swap closes it anew
+        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ctx.dbname)))
+        j.note(ctx.store, closed=False)
+    j.note(ctx.store, locks_lost=True)  # from now on, unlogged tables are compared in full
     freeze.terminate_others(ctx.maint, ctx.st)
     ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
     freeze.probe(ctx.ep, ctx.st, ctx.hold.tables, ctx.maint)
@@ -249,19 +314,45 @@ def _refreeze(ctx: Context) -> None:
         raise TargetError(f"{ctx.dbname!r} changed while the cutover was interrupted: {changed[0]}")
 
 
-def _changes_since_freeze(ctx: Context) -> list[str]:
-    """What A took after the freeze point: decoded row changes and catalog differences."""
+def _proof_session(ctx: Context) -> psycopg.Connection:
+    return connect(freeze.own_endpoint(ctx.ep, ctx.st), TargetError, dbname=ctx.dbname, autocommit=True)
+
+
+def _changes_since_freeze(ctx: Context, session: psycopg.Connection | None = None) -> list[str]:
+    """What A took after the freeze point: decoded row changes and catalog differences
+    (`session`: an open session on A to decode on, for when A no longer accepts connections)."""
     j = ctx.j
     point = j.facts["freeze_point"]
     out = proof.diff(point["fingerprint"], proof.fingerprint(ctx.hold.conn))
     if j.facts.get("slot"):
-        with connect(freeze.own_endpoint(ctx.ep, ctx.st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
-            out += [f"row change after the freeze: {w}" for w in proof.writes_after(conn, j.facts["slot"], point["lsn"])]
+        if session is not None:
+            out += [f"row change after the freeze: {w}" for w in proof.writes_after(session, j.facts["slot"], point["lsn"])]
+        else:
+            with _proof_session(ctx) as conn:
+                out += [f"row change after the freeze: {w}" for w in proof.writes_after(conn, j.facts["slot"], point["lsn"])]
+        if j.facts.get("locks_lost") and j.done("snapshot"):
+            out += _unlogged_changes(ctx)
     elif j.done("snapshot"):  # no decoding: compare A's rows with the snapshot, in full
         m = mf.read_manifest(ctx.store, j.facts["snapshot_id"])
         diffs = verify_database(freeze.own_endpoint(ctx.ep, ctx.st), m, error_cls=TargetError, jobs=ctx.jobs)
         out += [f"differs from the snapshot: {d}" for d in diffs]
     return out
+
+
+def _unlogged_changes(ctx: Context) -> list[str]:
+    """Unlogged tables whose rows differ from the snapshot: WAL decoding cannot see their
+    changes, so once the freeze's locks were lost (a killed run) they are read in full."""
+    m = mf.read_manifest(ctx.store, ctx.j.facts["snapshot_id"])
+    unlogged = {(s, n) for s, n in ctx.hold.conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relpersistence = 'u' AND c.relkind = 'r'").fetchall()}
+    entries = [t for t in m.tables if (t.schema, t.name) in unlogged]
+    if not entries:
+        return []
+    sums = table_sums(freeze.own_endpoint(ctx.ep, ctx.st), [t.ref() for t in entries], error_cls=TargetError,
+                      jobs=ctx.jobs, encoding=m.database.encoding)
+    return [f"unlogged table {t.schema}.{t.name} differs from the snapshot"
+            for t in entries if sums.get((t.schema, t.name)) != (t.rows, t.checksum)]
 
 
 # -- 3. snapshot ------------------------------------------------------------------------------------------
@@ -284,10 +375,66 @@ def _build(ctx: Context) -> None:
     ctx.build = b
     b.prepare(inspect_target=False, own_source=True)
     j.note(ctx.store, build={"name": b.tmp, "oid": None})
-    oid = b.build(props=DatabaseProps(**ctx.st.props))
+    oid = b.build(props=_closed_props(ctx))  # only snapdb may connect until the swap
     j.note(ctx.store, build={"name": b.tmp, "oid": oid})
     b.release_hold()  # the upgrade needs the build's tables next
     j.end(ctx.store, "build", build={"name": b.tmp, "oid": oid})
+
+
+def _closed_props(ctx: Context) -> DatabaseProps:
+    """A's properties for B, except its privileges: every database privilege for snapdb's own
+    role only, so that no application session can reach B (by its temporary name) before the
+    swap. `_open_to_apps` gives B A's privileges, once B is closed to connections."""
+    props = DatabaseProps(**ctx.st.props)
+    props.acl = [{"grantee": ctx.st.own_user, "privilege": p, "grantable": False}
+                 for p in ("CONNECT", "CREATE", "TEMPORARY")]
+    return props
+
+
+def _open_to_apps(ctx: Context, dbname: str) -> None:
+    """Give B A's database privileges (see `_closed_props`). A's default privileges (no ACL at
+    all) are restored as no ACL when snapdb is a superuser, else as the same grants made
+    explicitly (which `read_database_props` reads back as the default)."""
+    props = DatabaseProps(**ctx.st.props)
+    default = props.acl is None
+    if default:
+        props.acl = default_acl(props.owner)
+    with ctx.maint.transaction():
+        ctx.maint.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+            sql.Identifier(dbname), sql.Identifier(ctx.st.own_user)))
+        apply_database_acl(ctx.maint, dbname, props)
+        if default and freeze.is_superuser(ctx.maint):
+            ctx.maint.execute("UPDATE pg_catalog.pg_database SET datacl = NULL WHERE datname = %s", (dbname,))
+
+
+def _reopen_build(ctx: Context, dbname: str) -> None:
+    """A resumed swap: B was closed (and perhaps given A's privileges) by the killed run; for
+    snapdb's own checks it opens again, to snapdb only."""
+    row = ctx.maint.execute("SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = %s", (dbname,)).fetchone()
+    if row and not row[0]:
+        with ctx.maint.transaction():
+            for g in {g["grantee"] for g in ctx.st.props.get("acl") or []} - {"PUBLIC"}:
+                ctx.maint.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                    sql.Identifier(dbname), sql.Identifier(g)))
+            apply_database_acl(ctx.maint, dbname, _closed_props(ctx))
+            ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+
+
+def _build_fingerprint(ctx: Context) -> dict:
+    with connect(ctx.ep.with_dbname(ctx.j.facts["build"]["name"]), TargetError, autocommit=True) as conn:
+        return fingerprint.fingerprint(conn)
+
+
+def _check_build_unchanged(ctx: Context) -> None:
+    """B as the upgrade left it (nothing but snapdb can connect to it; this catches what a
+    superuser might still do); its sequences recorded (a rollback refuses when they moved)."""
+    now = _build_fingerprint(ctx)
+    before = ctx.j.facts.get("b_fingerprint")
+    moved = fingerprint.diff(before, now, ignore_schemas=(SNAPDB_SCHEMA,)) if before else []
+    if moved:
+        raise IntegrityError(f"the new database {ctx.j.facts['build']['name']!r} changed after its upgrade: {moved[0]}",
+                             hint="something else writes to snapdb's build")
+    ctx.j.note(ctx.store, b_sequences=now["sequences"])
 
 
 # -- 5. upgrade ----------------------------------------------------------------------------------------------
@@ -311,24 +458,30 @@ def _upgrade(ctx: Context) -> None:
                 restored_from=j.facts["snapshot_id"], restored_from_source=ctx.service,
                 rehearsal=(j.facts.get("plan") or {}).get("rehearsal"), scripts_origin=scripts.origin)
             seconds = session.apply(scripts, steps, rec, ctx.store)
-    j.end(ctx.store, "upgrade", upgrade={"revisions": [s.revision for s in steps], "seconds": round(seconds, 3)})
+    j.end(ctx.store, "upgrade", upgrade={"revisions": [s.revision for s in steps], "seconds": round(seconds, 3)},
+          b_fingerprint=_build_fingerprint(ctx))
 
 
 # -- 6. prove -------------------------------------------------------------------------------------------------
 def _prove(ctx: Context) -> None:
+    """A first proof, before anything is closed (an early abort); the swap proves again once A
+    is closed and no session but snapdb's is left on it."""
     j = ctx.j
     j.begin(ctx.store, "prove")
     if ctx.hold is None or not ctx.hold.alive():
         ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
-    changed = _changes_since_freeze(ctx)
+    _refuse_changes(ctx, _changes_since_freeze(ctx))
+    how = "decoded WAL and catalog fingerprint" if j.facts.get("slot") else "catalog fingerprint and table locks"
+    j.end(ctx.store, "prove", proof={"unchanged": True, "by": how, "slot_missing": j.facts.get("slot_missing")})
+
+
+def _refuse_changes(ctx: Context, changed: list[str]) -> None:
     prepared = [r[0] for r in ctx.maint.execute(
         "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = %s", (ctx.dbname,))]
-    changed += [f"prepared transaction {g} exists" for g in prepared]
+    changed = changed + [f"prepared transaction {g} exists" for g in prepared]
     if changed:
         raise TargetError(f"{ctx.dbname!r} is not unchanged since the freeze point: {changed[0]}"
                           + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""))
-    how = "decoded WAL and catalog fingerprint" if j.facts.get("slot") else "catalog fingerprint and table locks"
-    j.end(ctx.store, "prove", proof={"unchanged": True, "by": how, "slot_missing": j.facts.get("slot_missing")})
 
 
 # -- 7. swap -------------------------------------------------------------------------------------------------
@@ -340,15 +493,23 @@ def _swap(ctx: Context) -> None:
     j.note(ctx.store, aside=aside)
     from .. import swap as swapping
 
+    _reopen_build(ctx, build["name"])
+    _check_build_unchanged(ctx)
     swapping.close_build(ctx.maint, build["name"])
-    _end_sessions(ctx, build["name"], keep=None)
-    # A: no new session can arrive; the locks hold until every other session is gone
-    ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
-    j.note(ctx.store, closed=True)
-    _end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
-    if ctx.hold is not None:
-        ctx.hold.close()
-        ctx.hold = None
+    _end_sessions(ctx, build["name"], keep=())
+    _open_to_apps(ctx, build["name"])  # closed to connections now: its grants may be A's again
+    if ctx.hold is None or not ctx.hold.alive():
+        ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
+    # A: no new session can arrive; the locks hold until every other session is gone; then the
+    # final proof, on sessions opened before the close (A accepts none now)
+    with _proof_session(ctx) as session:
+        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
+        j.note(ctx.store, closed=True)
+        _end_sessions(ctx, ctx.dbname, keep=(ctx.hold.conn.info.backend_pid, session.info.backend_pid))
+        faults.checkpoint("cutover:closed")
+        _refuse_changes(ctx, _changes_since_freeze(ctx, session))
+    ctx.hold.close()
+    ctx.hold = None
     baseline = _write_counters(ctx.maint, build["name"])  # B is closed and idle: its counters are final
     swapping.swap_in(ctx.maint, ctx.dbname, build["name"], build["oid"], aside=aside)
     faults.checkpoint("cutover:swapped-unrecorded")
@@ -363,8 +524,8 @@ def _swap(ctx: Context) -> None:
     try:
         _hook(ctx, "after_swap", freeze_seconds=window)
     except hooks.HookFailed as exc:
-        ctx.result.warnings.append(f"{exc.message}; the new release stays in place (`snapdb rollback "
-                                   f"{ctx.service}` returns to the old one)")
+        warn(ctx, f"{exc.message}; the new release stays in place (`snapdb rollback {ctx.service}` returns to the "
+                  "old one)")
 
 
 def _write_counters(conn: psycopg.Connection, dbname: str) -> dict:
@@ -398,11 +559,13 @@ def _swapped(ctx: Context) -> bool:
     return bool(row) and int(row[0]) == int(ctx.j.facts["build"]["oid"])
 
 
-def _end_sessions(ctx: Context, dbname: str, keep: int | None) -> None:
+def _end_sessions(ctx: Context, dbname: str, keep: tuple[int, ...] | int | None) -> None:
+    """End every session on `dbname` but snapdb's control session and the pids in `keep`."""
+    keep = (keep,) if isinstance(keep, int) else tuple(keep or ())
     for (pid,) in ctx.maint.execute(
             "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()",
             (dbname,)).fetchall():
-        if pid != keep:
+        if pid not in keep:
             ctx.maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
 
 
@@ -420,13 +583,9 @@ def _compare(ctx: Context) -> None:
         ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
     result = {"matches": not diffs, "differences": [str(d) for d in diffs[:20]], "snapshot_id": m.id}
     if diffs:
-        ctx.result.warnings.append(f"the set-aside database {aside!r} differs from the snapshot taken at the freeze: "
-                                   f"{diffs[0]} — a write may have reached it after the freeze point")
-    if j.facts.get("slot"):
-        try:
-            proof.drop_slot(ctx.maint, j.facts["slot"])
-        except psycopg.Error as exc:
-            ctx.result.warnings.append(f"could not drop the proof slot {j.facts['slot']}: {first_line(exc)}")
+        warn(ctx, f"the set-aside database {aside!r} differs from the snapshot taken at the freeze: {diffs[0]} — a "
+                  "write may have reached it after the freeze point and be missing from the new database")
+    drop_proof_slot(ctx)
     j.end(ctx.store, "compare", compare=result)
 
 
@@ -447,6 +606,7 @@ def _finish(ctx: Context) -> None:
         "steps": [asdict(s) for s in j.steps], "set_aside": j.facts.get("set_aside"),
         "upgrade": j.facts.get("upgrade"), "hooks": j.facts.get("hooks", []), "os_user": j.os_user,
         "client_host": j.client_host, "started_at": j.started_at, "snapdb_version": j.snapdb_version,
+        "warnings": list(dict.fromkeys([*j.facts.get("warnings", []), *ctx.result.warnings])),
     }
     key = journal.write_receipt(ctx.store, receipt)
     rec = history.new_record("cutover", ctx.ep, tag=j.tag, restored_from=m.id, restored_from_source=ctx.service,
@@ -463,6 +623,18 @@ def _finish(ctx: Context) -> None:
     r.freeze_window_seconds = j.facts.get("freeze_window_seconds")
     r.proof, r.compare = j.facts.get("proof") or {}, j.facts.get("compare") or {}
     r.steps = [{"name": s.name, "status": s.status, "seconds": s.seconds} for s in j.steps]
+
+
+def drop_proof_slot(ctx: Context) -> None:
+    """Drop the cutover's proof slot, if it has one (a warning when that fails)."""
+    slot = ctx.j.facts.get("slot")
+    if not slot:
+        return
+    try:
+        proof.drop_slot(ctx.maint, slot)
+        ctx.j.note(ctx.store, slot=None, slot_dropped=slot)
+    except psycopg.Error as exc:
+        warn(ctx, f"could not drop the proof slot {slot}: {first_line(exc)}")
 
 
 def _strip(point: dict | None) -> dict | None:
@@ -534,7 +706,9 @@ def open_context(cfg: Config, service: str, store: Store, j: journal.Journal, *,
     ctx.result = CutoverResult(id=j.id, service=service, tag=j.tag, outcome="running",
                                plan=j.facts.get("plan") or {},
                                predicted_seconds=((j.facts.get("plan") or {}).get("prediction") or {}).get("seconds"),
-                               hooks=list(j.facts.get("hooks", [])))
+                               hooks=list(j.facts.get("hooks", [])),
+                               warnings=list(dict.fromkeys([*((j.facts.get("plan") or {}).get("warnings") or []),
+                                                            *j.facts.get("warnings", [])])))
     return ctx
 
 
