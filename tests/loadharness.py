@@ -48,6 +48,7 @@ def worker(conninfo: str, wid: int, kind: str, out: Path, stop: Path, hold: floa
     oid = None
     n = 0
     while not stop.exists():
+        started = time.time()  # this attempt's start: a write that waits, then fails, was unavailable all along
         try:
             if conn is None or conn.closed or conn.broken:
                 conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
@@ -73,14 +74,14 @@ def worker(conninfo: str, wid: int, kind: str, out: Path, stop: Path, hold: floa
             try:
                 conn.execute("COMMIT")
             except psycopg.OperationalError:
-                log.write(f"maybe {op} {key} {sent:.6f}\n")
+                log.write(f"maybe {op} {key} {sent:.6f} {started:.6f}\n")
                 conn = None
                 continue
             log.write(f"ack {op} {key} {sent:.6f} {time.time():.6f} {oid}\n")
             if kind == "long":
                 time.sleep(pause)
         except psycopg.Error as exc:
-            log.write(f"err {type(exc).__name__} {time.time():.6f}\n")
+            log.write(f"err {type(exc).__name__} {started:.6f} {time.time():.6f}\n")
             try:
                 if conn is not None and not conn.closed:
                     conn.execute("ROLLBACK")
@@ -130,8 +131,9 @@ def read_logs(paths: list[Path]) -> Acks:
 
 
 def unavailability(paths: list[Path]) -> float:
-    """Write unavailability as the writers saw it: the longest time, over all workers, from a
-    refused write (or one whose outcome is unknown) to the next acknowledged one."""
+    """Write unavailability as the writers saw it: the longest time, over all workers, from the
+    start of a refused write (or one whose outcome is unknown; a write that waited on a lock
+    before it failed counts from when it was sent) to the next acknowledged one."""
     worst = 0.0
     for p in paths:
         if not p.exists():
@@ -140,7 +142,7 @@ def unavailability(paths: list[Path]) -> float:
         for line in p.read_text().splitlines():
             f = line.split()
             if f[0] in ("err", "maybe"):
-                t = float(f[2] if f[0] == "err" else f[3])
+                t = float(f[2] if f[0] == "err" else f[4] if len(f) > 4 else f[3])
                 first_refused = t if first_refused is None else first_refused
             elif f[0] == "ack" and first_refused is not None:
                 worst = max(worst, float(f[4]) - first_refused)
