@@ -195,22 +195,33 @@ def snapshot(
     source: Annotated[str, typer.Argument(help="Service name or postgresql:// URL.")],
     label: Annotated[Optional[str], typer.Option("--label", help="Free text stored in the manifest.")] = None,
     jobs: JobsOpt = 2,
+    prune: Annotated[bool, typer.Option("--prune", help="After a successful snapshot, prune SOURCE's snapshots by [store.retention].")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Take a consistent, verified, zstd-compressed snapshot of SOURCE.
 
-    Example: snapdb snapshot prod --label nightly
+    Example: snapdb snapshot prod --label nightly --prune
     """
     with _errors():
         cfg = load_config(state.config_path)
+        if prune:
+            from .ops.api import policy
+
+            policy(cfg)  # a missing policy is refused before the snapshot, not after
         info = commands.snapshot(cfg, source, label=label, jobs=jobs, store=store, reporter=_reporter(as_json))
+    pruned = None
+    if prune:
+        with _errors():
+            pruned = commands.prune(cfg, source=source, store=store)
     if as_json:
-        _emit_json(info.to_json())
+        _emit_json({**info.to_json(), "pruned": pruned.to_json()} if pruned else info.to_json())
     else:
         typer.echo(info.id)
         for w in info.warnings:
             err.print(f"warning: {w}", markup=False)
+        if pruned:
+            _say_pruned(pruned)
 
 
 @app.command()
@@ -603,6 +614,64 @@ def status(
             typer.echo(f"  set aside: {d['name']} ({_human_size(d['bytes'])})")
         if e.get("error"):
             typer.echo(f"  unreachable: {e['error']}")
+
+
+def _say_pruned(res) -> None:
+    verb = "would delete" if res.dry_run else "deleted"
+    for d in res.deleted:
+        _say(f"{verb} {d['id']} ({d['source'] or 'unknown source'}, {d['kind']}, {d['objects']} objects)")
+    for d in res.left_alone:
+        _say(f"left alone {d['id']}: {d['why']}")
+    _say(f"{'would keep' if res.dry_run else 'kept'} {len(res.kept)} snapshot(s), {verb} {len(res.deleted)}"
+         + (f", freeing {_human_size(res.bytes_freed)}" if res.bytes_freed else ""))
+
+
+@app.command()
+def prune(
+    source: Annotated[Optional[str], typer.Argument(help="Only this source's snapshots (default: all).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be deleted; delete nothing.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the snapshots [store.retention] does not keep, and unfinished ones whose writer is gone.
+
+    Example: snapdb prune --dry-run
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.prune(cfg, dry_run=dry_run, source=source, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    if res.dry_run:
+        for k in res.kept:
+            typer.echo(f"keep   {k['id']} ({k['source']}): {', '.join(k['reasons'])}")
+        for d in res.deleted:
+            typer.echo(f"delete {d['id']} ({d['source'] or 'unknown source'}): {d['kind']}")
+    _say_pruned(res)
+
+
+@app.command()
+def delete(
+    ids: Annotated[list[str], typer.Argument(help="Snapshot ids.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Delete even a snapshot a rehearsal, cutover receipt or rollback refers to, or an unfinished one whose writer cannot be checked from here.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete snapshots by id: all of them, or none if one is refused.
+
+    Example: snapdb delete 20261127T171505.093Z-5541
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.delete(cfg, ids, force=force, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for f in res.forced:
+        err.print(f"warning: {f['id']} was {f['reason']} (--force)", markup=False)
+    for d in res.deleted:
+        _say(f"deleted {d['id']} ({d['kind']}, {d['objects']} objects)")
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")

@@ -768,3 +768,7 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
         entry.update(api.service_status(cfg, n, st))
         out.services.append(entry)
     return out
+
+
+# -- retention and monitoring: the verbs live in snapdb/ops/api.py (re-exported here) -----------
+from .ops.api import delete, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)
