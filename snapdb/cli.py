@@ -283,6 +283,10 @@ def restore(
     how = "verified" if res.verified == "full" else "verified quickly (files, row counts and catalog; no read-back)"
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
          f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, {how}")
+    if res.scrub:
+        sc = res.scrub
+        _say(f"scrubbed before the swap: {sum(c['rows'] for c in sc['columns'])} rows in {len(sc['columns'])} column "
+             f"rule(s), {len(sc['sql'])} SQL file(s), {len(sc['settings'])} setting(s); {sc['checks']} check(s) passed")
     if res.previous and res.previous not in res.dropped_previous:
         _say(f"previous copy kept as {res.previous}")
     for d in res.dropped_previous:
