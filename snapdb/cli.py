@@ -592,19 +592,44 @@ def rollback(
 @app.command()
 def status(
     service: Annotated[Optional[str], typer.Argument(help="Only this service.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 13 with one line per problem when a threshold is crossed (snapshot_max_age, refresh_max_age, --max-age).")] = False,
+    max_age: Annotated[Optional[str], typer.Option("--max-age", help="With --check: the newest verified snapshot must be younger than this (e.g. 26h); for production services, or SERVICE.")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Write the facts to this file in Prometheus text format (atomically), e.g. for node_exporter's textfile collector.")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show each service's role, release, newest snapshot, cutover in progress and frozen state.
 
-    Example: snapdb status prod
+    Example: snapdb status --check --max-age 26h --metrics /var/lib/node_exporter/textfile/snapdb.prom
     """
+    from .errors import CheckFailed
+
+    mon = None
     with _errors():
         cfg = load_config(state.config_path)
+        if max_age is not None and not check:
+            from .errors import ConfigError
+
+            raise ConfigError("--max-age goes with --check")
         res = commands.status(cfg, service, store=store)
+        if check or metrics:
+            mon = commands.monitor(cfg, service, status=res.services, check=check, max_age=max_age, metrics=metrics,
+                                   store=store)
     if as_json:
-        _emit_json(res.to_json())
+        _emit_json({**res.to_json(), "monitor": mon.to_json()} if mon else res.to_json())
+        if check and mon.problems:
+            raise typer.Exit(CheckFailed.exit_code)
         return
+    _status_lines(res)
+    if check:
+        for p in mon.problems:
+            typer.echo(f"problem: {p}")
+        if mon.problems:
+            raise typer.Exit(CheckFailed.exit_code)
+        _say(f"check: ok ({len(mon.services)} service(s))")
+
+
+def _status_lines(res) -> None:
     for e in res.services:
         cut = e.get("cutover") or {}
         frozen = e.get("frozen")

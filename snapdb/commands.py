@@ -776,4 +776,4 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
 
 
 # -- retention and monitoring: the verbs live in snapdb/ops/api.py (re-exported here) -----------
-from .ops.api import delete, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)
+from .ops.api import delete, monitor, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)

@@ -13,7 +13,7 @@ from ..config import Config, parse_duration
 from ..errors import ConfigError
 from ..store import Store, open_store
 from ..store.retention import Policy
-from . import prune as pr
+from . import monitor as mon, prune as pr
 
 
 def _open(cfg: Config, store: str | None) -> Store:
@@ -56,5 +56,24 @@ def delete(cfg: Config, ids: list[str], *, force: bool = False, store: str | Non
     return pr.delete(st, list(ids), now or mf.utcnow(), rehearsal_max_age=cfg.rehearsal_max_age, force=force)
 
 
-def max_age(text: str | None) -> timedelta | None:
-    return parse_duration(text, "--max-age") if text is not None else None
+def monitor(cfg: Config, service: str | None = None, *, status: list[dict] | None = None, check: bool = False,
+            max_age: str | None = None, metrics: str | None = None, store: str | None = None,
+            now: datetime | None = None) -> mon.MonitorResult:
+    """Check the monitoring thresholds (``snapshot_max_age``, ``refresh_max_age``, `max_age`) of
+    SERVICE (default: every service) and, with `metrics`, write the facts as a Prometheus text
+    file, atomically. `status` is `commands.status`'s per-service entries (reachability, freeze).
+
+    Example: ``monitor(cfg, check=True, metrics="/var/lib/node_exporter/snapdb.prom")``
+    """
+    limit = parse_duration(max_age, "--max-age") if max_age is not None else None
+    if limit is not None and limit <= timedelta(0):
+        raise ConfigError("--max-age must be positive")
+    names = [service] if service else sorted(cfg.services)
+    for n in names:
+        if n not in cfg.services:
+            raise ConfigError(f"unknown service {n!r} (services: {', '.join(sorted(cfg.services)) or 'none'})")
+    st = _open(cfg, store)
+    res = mon.evaluate(cfg, st, names, now or mf.utcnow(), status=status, max_age=limit, named=service is not None)
+    if metrics:
+        res.metrics_file = mon.write_metrics(metrics, mon.render_metrics(res))
+    return res
