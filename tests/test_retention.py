@@ -281,3 +281,36 @@ def test_killed_upload_is_never_listable_and_pruned_only_once_its_writer_is_gone
     out = json.loads(r.stdout)
     assert [(d["id"], d["kind"]) for d in out["deleted"]] == [(sid, "unfinished, writer gone")]
     assert s3.object_keys(prefix + "/snapshots/") == [] and s3.incomplete_uploads(prefix) == []
+
+
+def test_snapshot_prune_after_a_successful_snapshot(pg, dbname, tmp_path):
+    from .conftest import create_db
+
+    create_db(pg, dbname, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)")
+    cfg = tmp_path / "snapdb.toml"
+    base = f'[store]\nurl = "{tmp_path / "store"}"\n\n[services.src]\nurl = "{pg.url(dbname)}"\nrole = "production"\n'
+    cfg.write_text(base)
+    c = ["--config", str(cfg)]
+    r = run_cli(*c, "snapshot", "src", "--prune")  # no policy: refused before any snapshot is taken
+    assert r.returncode == 3 and "retention" in r.stderr and not (tmp_path / "store").exists()
+    first = run_cli(*c, "snapshot", "src")
+    assert first.returncode == 0, first.stderr
+    cfg.write_text(base.replace("\n\n[services", "\n\n[store.retention]\nlast = 1\n\n[services"))
+    r = run_cli(*c, "--json", "snapshot", "src", "--prune")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [d["id"] for d in out["pruned"]["deleted"]] == [first.stdout.strip()]
+    assert [m.id for m in mf.list_manifests(open_store(str(tmp_path / "store")))] == [out["id"]]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[store.retention]\n", "at least one"),
+    ("[store.retention]\nlast = -1\n", "0 or more"),
+    ("[store.retention]\ndaily = true\n", "whole number"),
+    ("[store.retention]\nhourly = 3\n", "unknown key 'hourly'"),
+])
+def test_bad_retention_config_is_refused(tmp_path, body, message):
+    cfg = tmp_path / "snapdb.toml"
+    cfg.write_text(f'[store]\nurl = "{tmp_path}"\n\n{body}')
+    with pytest.raises(ConfigError, match=message):
+        load_config(cfg)
