@@ -253,8 +253,7 @@ def restore(
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
                           drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
                           protected=sources.production_identities(cfg, st),
-                          scrub=cfg.scrub.get(into) if into in cfg.services else None,
-                          service=into if into in cfg.services else None)
+                          **_scrub_rules(cfg, into, ep, dbname))
     out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
                            verify=verify, options=opts, reporter=reporter)
     warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
@@ -264,6 +263,13 @@ def restore(
         tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings, verified=out.verified,
         scrub=out.scrub,
     )
+
+
+def _scrub_rules(cfg: Config, into: str, ep: Endpoint, dbname: str) -> dict:
+    from .scrub import rules_for
+
+    service, rules = rules_for(cfg, into, ep.server_key(), dbname)
+    return {"scrub": rules, "service": service}
 
 
 def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:

@@ -84,6 +84,19 @@ def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str
     return out
 
 
+def rules_for(cfg, into: str, server_key: tuple[str, str], dbname: str) -> tuple[str | None, ScrubConfig | None]:
+    """The scrub rules a restore into `dbname` on the server `server_key` must run: those of the
+    service `into`, else of any service that is this database on this server (a URL or a bare
+    name naming a scrubbed service's database is scrubbed all the same). (service, rules)."""
+    if into in cfg.services:
+        return into, cfg.scrub.get(into)
+    for name, rules in cfg.scrub.items():
+        svc = cfg.services[name]
+        if svc.dbname == dbname and server_key in {svc.server_key(), svc.admin().server_key()}:
+            return name, rules
+    return None, None
+
+
 def with_settings(props: DatabaseProps, settings: dict[str, str]) -> DatabaseProps:
     """`props` with the database-level `settings` set (replacing those of the same name)."""
     if not settings:

@@ -141,6 +141,11 @@ def test_scrubbed_restore_is_never_seen_unscrubbed_and_a_failing_check_keeps_the
     with pg.connect(dev2) as conn:
         assert conn.execute("SELECT count(*) FILTER (WHERE email LIKE '%@old.invalid'), count(*) FROM app.customers").fetchone() == (500, 500)
     assert set(databases(pg)) == before  # the build is gone, nothing else appeared
+    # the same database named by a bare name (or a URL) gets dev2's rules all the same
+    r = run_cli(*c, "restore", "--into", dev2, "--server", "dev", "--from", "src")
+    assert r.returncode == 7 and "scrub check 1 returned a row" in r.stderr, r.stderr
+    with pg.connect(dev2) as conn:
+        assert conn.execute("SELECT count(*) FROM app.customers").fetchone()[0] == 500
 
 
 def test_scrub_refuses_production_and_live_databases(pg, dbname, tmp_path):
