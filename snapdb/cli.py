@@ -210,18 +210,23 @@ def snapshot(
 
             policy(cfg)  # a missing policy is refused before the snapshot, not after
         info = commands.snapshot(cfg, source, label=label, jobs=jobs, store=store, reporter=_reporter(as_json))
-    pruned = None
-    if prune:
-        with _errors():
-            pruned = commands.prune(cfg, source=source, store=store)
-    if as_json:
-        _emit_json({**info.to_json(), "pruned": pruned.to_json()} if pruned else info.to_json())
-    else:
-        typer.echo(info.id)
+    if not as_json:
+        typer.echo(info.id)  # before the prune: a failed prune does not hide the snapshot taken
         for w in info.warnings:
             err.print(f"warning: {w}", markup=False)
-        if pruned:
-            _say_pruned(pruned)
+    pruned = None
+    if prune:
+        try:
+            with _errors():
+                pruned = commands.prune(cfg, source=source, store=store)
+        except typer.Exit:
+            if as_json:
+                _emit_json({**info.to_json(), "pruned": None})
+            raise
+    if as_json:
+        _emit_json({**info.to_json(), "pruned": pruned.to_json()} if pruned else info.to_json())
+    elif pruned:
+        _say_pruned(pruned)
 
 
 @app.command()

@@ -3,7 +3,8 @@
 A snapshot writer publishes ``snapshots/<id>/writer.json`` before it writes anything else and
 removes it after the manifest (`Lease`): the process id, the start time of that process (field
 22 of ``/proc/<pid>/stat``, in clock ticks since boot, so a reused pid is told apart), the host
-name, ``/etc/machine-id``, the kernel's boot id and the pid namespace. A deletion publishes
+name, a digest of ``/etc/machine-id`` (systemd asks to keep the id itself confidential), the
+kernel's boot id and the pid namespace. A deletion publishes
 ``snapshots/<id>/deleting.json`` first and removes it last, so a deletion that was cut short
 is recognisable as garbage.
 
@@ -26,6 +27,7 @@ Uses only the standard library and the store; no PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -45,6 +47,13 @@ def _read(path: str) -> str | None:
             return f.read().strip()
     except OSError:
         return None
+
+
+def _machine() -> str | None:
+    """A digest of ``/etc/machine-id``, which systemd asks to keep confidential: the lease, in a
+    shared bucket, carries only this."""
+    mid = _read("/etc/machine-id")
+    return hashlib.sha256(b"snapdb-lease:" + mid.encode()).hexdigest()[:32] if mid else None
 
 
 def _pid_ns() -> str | None:
@@ -87,7 +96,7 @@ class Lease:
         start = process_start(pid)
         return cls(snapshot_id=snapshot_id, source=source, operation=operation, pid=pid,
                    pid_start=start[1] if start else None, host=socket.gethostname(),
-                   machine_id=_read("/etc/machine-id"), boot_id=_read("/proc/sys/kernel/random/boot_id"),
+                   machine_id=_machine(), boot_id=_read("/proc/sys/kernel/random/boot_id"),
                    pid_ns=_pid_ns(), started_at=datetime.now(timezone.utc).isoformat())
 
     def describe(self) -> str:
@@ -118,7 +127,7 @@ def read(store: Store, snapshot_id: str, name: str = WRITER) -> Lease | None:
 
 def writer_state(lease: Lease) -> str:
     """``alive``, ``dead`` or ``unknown`` (see module docstring)."""
-    machine = _read("/etc/machine-id")
+    machine = _machine()
     if lease.host != socket.gethostname() or not lease.machine_id or lease.machine_id != machine:
         return "unknown"
     boot = _read("/proc/sys/kernel/random/boot_id")
