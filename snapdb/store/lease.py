@@ -137,9 +137,13 @@ def writer_state(lease: Lease) -> str:
         return "dead"  # this machine rebooted since the lease was written
     if not lease.pid_ns or lease.pid_ns != _pid_ns():
         return "unknown"
-    found = process_start(int(lease.pid))
+    try:
+        pid = int(lease.pid)
+    except (TypeError, ValueError):
+        return "unknown"
+    found = process_start(pid)
     if found is None:
-        return "dead" if not os.path.exists(f"/proc/{int(lease.pid)}") else "unknown"
+        return "dead" if not os.path.exists(f"/proc/{pid}") else "unknown"
     state, start = found
     if state in ("Z", "X") or (lease.pid_start is not None and start != lease.pid_start):
         return "dead"
