@@ -626,6 +626,14 @@ def status(
             raise typer.Exit(CheckFailed.exit_code)
         return
     _status_lines(res)
+    if mon:
+        for e in mon.services:
+            last = e.get("last_restore")
+            if last:
+                typer.echo(f"  {e['service']}: last restore {last['at']} from snapshot {last['snapshot']}"
+                           + (f" (taken {last['snapshot_created_at']})" if last.get("snapshot_created_at") else ""))
+        typer.echo(f"store: {mon.store['snapshots']} snapshot(s), {_human_size(mon.store['bytes'])}"
+                   + (f", {mon.store['unfinished']} unfinished" if mon.store["unfinished"] else ""))
     if check:
         for p in mon.problems:
             typer.echo(f"problem: {p}")

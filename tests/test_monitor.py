@@ -51,6 +51,8 @@ def test_status_check_and_metrics(pg, dbname, tmp_path):
     assert r.returncode == CheckFailed.exit_code == 13, r.stderr
     problems = [line for line in r.stdout.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 2, r.stdout
+    assert f"  dev: last restore {(now - timedelta(days=3)).isoformat()} from snapshot {_id(old_ok, 1)}" in r.stdout
+    assert "store: 3 snapshot(s)" in r.stdout
     assert problems[0].startswith("problem: dev: last refresh 3d ago") and "limit 2d" in problems[0]
     assert problems[1] == f"problem: prod: newest verified snapshot {_id(old_ok, 1)} is 30h old (limit 26h)"
 
