@@ -314,3 +314,35 @@ def test_bad_retention_config_is_refused(tmp_path, body, message):
     cfg.write_text(f'[store]\nurl = "{tmp_path}"\n\n{body}')
     with pytest.raises(ConfigError, match=message):
         load_config(cfg)
+
+
+def test_killed_multipart_upload_is_aborted_once_its_writer_is_gone(s3):
+    """A writer SIGKILLed inside a multipart upload leaves invisible parts: prune leaves them
+    while it runs and aborts the upload (and removes the lease) once it is dead."""
+    import signal
+
+    url = s3.fresh_url("mpu-kill")
+    prefix = url.split("/", 3)[3]
+    sid = "20260101T000000.000Z-dead"
+    script = (
+        "import os, time\n"
+        "from snapdb.store import lease\nfrom snapdb.store.s3 import S3Store\n"
+        f"st = S3Store({url!r}, endpoint_url={s3.endpoint!r})\n"
+        f"lease.publish(st, lease.Lease.mine({sid!r}, 'prod'))\n"
+        f"w = st.writer('snapshots/{sid}/data/00001.copy.zst')\n"
+        "w.__enter__().write(os.urandom(6 << 20))\n"
+        "print('ready', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert s3.incomplete_uploads(prefix) == [f"{prefix}/snapshots/{sid}/data/00001.copy.zst"]
+        st = s3.store(url)
+        res = pr.prune(st, Policy(last=1), datetime.now(timezone.utc), rehearsal_max_age=timedelta(days=7))
+        assert res.deleted == [] and [d["id"] for d in res.left_alone] == [sid]
+        assert len(s3.incomplete_uploads(prefix)) == 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    res = pr.prune(st, Policy(last=1), datetime.now(timezone.utc), rehearsal_max_age=timedelta(days=7))
+    assert [(d["id"], d["incomplete_writes"]) for d in res.deleted] == [(sid, 1)]
+    assert s3.incomplete_uploads(prefix) == [] and s3.object_keys(prefix) == []

@@ -220,6 +220,8 @@ def prune(store: Store, policy: Policy, now: datetime, *, rehearsal_max_age: tim
         info["objects"] = len(e.keys)
         if not dry_run:
             delete_entry(store, e)
+            if not e.complete:  # its writer is gone: what it left unlisted goes too
+                info["incomplete_writes"] = store.discard_incomplete(mf.key(e.id, ""))
         out.deleted.append(info)
         out.bytes_freed += info["bytes"] or 0
     return out
@@ -277,6 +279,8 @@ def delete(store: Store, ids: list[str], now: datetime, *, rehearsal_max_age: ti
         todo.append((e, kind))
     for e, kind in todo:
         n = delete_entry(store, e)
+        if kind == "unfinished":
+            n += store.discard_incomplete(mf.key(e.id, ""))
         out.deleted.append({"id": e.id, "source": e.manifest.source if e.manifest else
                             (e.lease.source if e.lease else None), "kind": kind, "objects": n})
     return out
