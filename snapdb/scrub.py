@@ -86,11 +86,12 @@ def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str
 
 def rules_for(cfg, into: str, server_key: tuple[str, str], dbname: str) -> tuple[str | None, ScrubConfig | None]:
     """The scrub rules a restore into `dbname` on the server `server_key` must run: those of the
-    service `into`, else of any service that is this database on this server (a URL or a bare
-    name naming a scrubbed service's database is scrubbed all the same). (service, rules)."""
-    if into in cfg.services:
-        return into, cfg.scrub.get(into)
-    for name, rules in cfg.scrub.items():
+    service `into`, else of any service that is this database on this server (a URL, a bare name
+    or a second service naming a scrubbed service's database is scrubbed all the same).
+    Returns (service, rules), or (None, None)."""
+    if into in cfg.scrub:
+        return into, cfg.scrub[into]
+    for name, rules in cfg.scrub.items():  # another service that is the same database
         svc = cfg.services[name]
         if svc.dbname == dbname and server_key in {svc.server_key(), svc.admin().server_key()}:
             return name, rules
