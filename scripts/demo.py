@@ -135,6 +135,7 @@ def main() -> int:
         run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
              "-d", cluster.conninfo("service0"), "-f", str(FIXTURE)])
         cluster.psql("ALTER DATABASE service0 SET work_mem = '16MB'")
+        cluster.psql("ALTER DATABASE service0 SET app.send_mail = 'on'")  # the application sends mail
         cluster.psql("CREATE ROLE app LOGIN")  # the application's role (not a superuser: no freeze stops those)
         cluster.psql('GRANT USAGE ON SCHEMA app TO app; GRANT SELECT, INSERT ON app."audit-log" TO app',
                      dbname="service0")
@@ -144,12 +145,22 @@ def main() -> int:
         cfg.write_text(
             "[store]\n"
             f"url = {toml_str(str(work / 'store'))}\n\n"
+            "[store.retention]\n"
+            "last = 2\n"
+            "daily = 7\n\n"
             "[services.prod]\n"
             f"url = {toml_str(cluster.url('service0'))}\n"
-            'role = "production"\n\n'
+            'role = "production"\n'
+            'snapshot_max_age = "26h"\n\n'
             "[services.dev]\n"
             f"url = {toml_str(cluster.url('service0-dev'))}\n"
-            'role = "dev"\n\n'
+            'role = "dev"\n'
+            'refresh_max_age = "2d"\n\n'
+            "# dev holds no customer's e-mail address and sends no mail\n"
+            "[services.dev.scrub]\n"
+            """columns = { "app.customers.email" = "'customer' || id || '@example.invalid'" }\n"""
+            'settings = { "app.send_mail" = "off" }\n'
+            """checks = ["SELECT 1 FROM app.customers WHERE email NOT LIKE '%@example.invalid'"]\n\n"""
             "[upgrade]\n"
             f"migrations = {toml_str(str(ROOT / 'migrations'))}\n",
             encoding="utf-8",
@@ -179,7 +190,10 @@ def main() -> int:
         latest = snapdb("snapshot", "prod").strip().splitlines()[-1]
         snapdb("snapshots", "prod")
         snapdb("restore", "--into", "dev", "--from", "prod")
-        snapdb("verify", latest, "--against", "dev")
+        snapdb("verify", latest)  # its files; dev itself is scrubbed, so it differs from the snapshot by design
+        heading("dev is a scrubbed copy: no production e-mail address, no mail sent")
+        run([psql, "-X", "-P", "footer=off", "-d", cluster.conninfo("service0-dev"), "-c",
+             "SELECT id, email, current_setting('app.send_mail') AS send_mail FROM app.customers ORDER BY id LIMIT 3"])
         snapdb("restore", "--into", "prod", "--from", "prod", expect=8)
 
         heading("release-tagged upgrades: migrations/ holds v1.0 (service0 as loaded), v1.1 and v2.0")
@@ -211,6 +225,9 @@ def main() -> int:
         snapdb("releases")
         run([psql, "-X", "-P", "footer=off", "-d", cluster.conninfo("service0"), "-c",
              "SELECT operation, tag, from_revision, to_revision, outcome, rehearsal FROM snapdb.history ORDER BY id"])
+
+        snapdb("prune", "--dry-run")
+        snapdb("status", "--check")
 
         heading("databases on the demo server")
         run([psql, "-X", "-P", "footer=off", "-d", cluster.conninfo("postgres"), "-c",

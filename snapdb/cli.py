@@ -196,22 +196,38 @@ def snapshot(
     source: Annotated[str, typer.Argument(help="Service name or postgresql:// URL.")],
     label: Annotated[Optional[str], typer.Option("--label", help="Free text stored in the manifest.")] = None,
     jobs: JobsOpt = 2,
+    prune: Annotated[bool, typer.Option("--prune", help="After a successful snapshot, prune SOURCE's snapshots by [store.retention].")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Take a consistent, verified, zstd-compressed snapshot of SOURCE.
 
-    Example: snapdb snapshot prod --label nightly
+    Example: snapdb snapshot prod --label nightly --prune
     """
     with _errors():
         cfg = load_config(state.config_path)
+        if prune:
+            from .ops.api import policy
+
+            policy(cfg)  # a missing policy is refused before the snapshot, not after
         info = commands.snapshot(cfg, source, label=label, jobs=jobs, store=store, reporter=_reporter(as_json))
-    if as_json:
-        _emit_json(info.to_json())
-    else:
-        typer.echo(info.id)
+    if not as_json:
+        typer.echo(info.id)  # before the prune: a failed prune does not hide the snapshot taken
         for w in info.warnings:
             err.print(f"warning: {w}", markup=False)
+    pruned = None
+    if prune:
+        try:
+            with _errors():
+                pruned = commands.prune(cfg, source=source, store=store)
+        except typer.Exit:
+            if as_json:
+                _emit_json({**info.to_json(), "pruned": None})
+            raise
+    if as_json:
+        _emit_json({**info.to_json(), "pruned": pruned.to_json()} if pruned else info.to_json())
+    elif pruned:
+        _say_pruned(pruned)
 
 
 @app.command()
@@ -273,6 +289,10 @@ def restore(
     how = "verified" if res.verified == "full" else "verified quickly (files, row counts and catalog; no read-back)"
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
          f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, {how}")
+    if res.scrub:
+        sc = res.scrub
+        _say(f"scrubbed before the swap: {sum(c['rows'] for c in sc['columns'])} rows in {len(sc['columns'])} column "
+             f"rule(s), {len(sc['sql'])} SQL file(s), {len(sc['settings'])} setting(s); {sc['checks']} check(s) passed")
     if res.previous and res.previous not in res.dropped_previous:
         _say(f"previous copy kept as {res.previous}")
     for d in res.dropped_previous:
@@ -589,19 +609,52 @@ def rollback(
 @app.command()
 def status(
     service: Annotated[Optional[str], typer.Argument(help="Only this service.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 13 with one line per problem when a threshold is crossed (snapshot_max_age, refresh_max_age, --max-age).")] = False,
+    max_age: Annotated[Optional[str], typer.Option("--max-age", help="With --check: the newest verified snapshot must be younger than this (e.g. 26h); for production services, or SERVICE.")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Write the facts to this file in Prometheus text format (atomically), e.g. for node_exporter's textfile collector.")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show each service's role, release, newest snapshot, cutover in progress and frozen state.
 
-    Example: snapdb status prod
+    Example: snapdb status --check --max-age 26h --metrics /var/lib/node_exporter/textfile/snapdb.prom
     """
+    from .errors import CheckFailed
+
+    mon = None
     with _errors():
         cfg = load_config(state.config_path)
+        if max_age is not None and not check:
+            from .errors import ConfigError
+
+            raise ConfigError("--max-age goes with --check")
         res = commands.status(cfg, service, store=store)
+        if check or metrics:
+            mon = commands.monitor(cfg, service, status=res.services, check=check, max_age=max_age, metrics=metrics,
+                                   store=store)
     if as_json:
-        _emit_json(res.to_json())
+        _emit_json({**res.to_json(), "monitor": mon.to_json()} if mon else res.to_json())
+        if check and mon.problems:
+            raise typer.Exit(CheckFailed.exit_code)
         return
+    _status_lines(res)
+    if mon:
+        for e in mon.services:
+            last = e.get("last_restore")
+            if last:
+                typer.echo(f"  {e['service']}: last restore {last['at']} from snapshot {last['snapshot']}"
+                           + (f" (taken {last['snapshot_created_at']})" if last.get("snapshot_created_at") else ""))
+        typer.echo(f"store: {mon.store['snapshots']} snapshot(s), {_human_size(mon.store['bytes'])}"
+                   + (f", {mon.store['unfinished']} unfinished" if mon.store["unfinished"] else ""))
+    if check:
+        for p in mon.problems:
+            typer.echo(f"problem: {p}")
+        if mon.problems:
+            raise typer.Exit(CheckFailed.exit_code)
+        _say(f"check: ok ({len(mon.services)} service(s))")
+
+
+def _status_lines(res) -> None:
     for e in res.services:
         cut = e.get("cutover") or {}
         frozen = e.get("frozen")
@@ -615,6 +668,64 @@ def status(
             typer.echo(f"  set aside: {d['name']} ({_human_size(d['bytes'])})")
         if e.get("error"):
             typer.echo(f"  unreachable: {e['error']}")
+
+
+def _say_pruned(res) -> None:
+    verb = "would delete" if res.dry_run else "deleted"
+    for d in res.deleted:
+        _say(f"{verb} {d['id']} ({d['source'] or 'unknown source'}, {d['kind']}, {d['objects']} objects)")
+    for d in res.left_alone:
+        _say(f"left alone {d['id']}: {d['why']}")
+    _say(f"{'would keep' if res.dry_run else 'kept'} {len(res.kept)} snapshot(s), {verb} {len(res.deleted)}"
+         + (f", freeing {_human_size(res.bytes_freed)}" if res.bytes_freed else ""))
+
+
+@app.command()
+def prune(
+    source: Annotated[Optional[str], typer.Argument(help="Only this source's snapshots (default: all).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be deleted; delete nothing.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the snapshots [store.retention] does not keep, and unfinished ones whose writer is gone.
+
+    Example: snapdb prune --dry-run
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.prune(cfg, dry_run=dry_run, source=source, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    if res.dry_run:
+        for k in res.kept:
+            typer.echo(f"keep   {k['id']} ({k['source']}): {', '.join(k['reasons'])}")
+        for d in res.deleted:
+            typer.echo(f"delete {d['id']} ({d['source'] or 'unknown source'}): {d['kind']}")
+    _say_pruned(res)
+
+
+@app.command()
+def delete(
+    ids: Annotated[list[str], typer.Argument(help="Snapshot ids.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Delete even a snapshot a rehearsal, cutover receipt or rollback refers to, or an unfinished one whose writer cannot be checked from here.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete snapshots by id: all of them, or none if one is refused.
+
+    Example: snapdb delete 20261127T171505.093Z-5541
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.delete(cfg, ids, force=force, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for f in res.forced:
+        err.print(f"warning: {f['id']} was {f['reason']} (--force)", markup=False)
+    for d in res.deleted:
+        _say(f"deleted {d['id']} ({d['kind']}, {d['objects']} objects)")
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")

@@ -80,6 +80,7 @@ class RestoreResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     verified: str = "full"  # full: every table read back; quick: files, row counts and catalog only
+    scrub: dict | None = None  # what the target's scrub rules did (snapdb/scrub.py), if it has some
 
     def to_json(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -251,7 +252,8 @@ def restore(
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
                           drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
-                          protected=sources.production_identities(cfg, st))
+                          protected=sources.production_identities(cfg, st),
+                          **_scrub_rules(cfg, into, ep, dbname))
     out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
                            verify=verify, options=opts, reporter=reporter)
     warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
@@ -259,7 +261,15 @@ def restore(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
         tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings, verified=out.verified,
+        scrub=out.scrub,
     )
+
+
+def _scrub_rules(cfg: Config, into: str, ep: Endpoint, dbname: str) -> dict:
+    from .scrub import rules_for
+
+    service, rules = rules_for(cfg, into, ep.server_key(), dbname)
+    return {"scrub": rules, "service": service}
 
 
 def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:
@@ -280,6 +290,7 @@ def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) 
         rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname, "oid": out.oid,
                         "system_identifier": out.system_identifier}
         rec.seconds = round(out.seconds, 3)
+        rec.scrub = out.scrub
         history.write_catalog(st, rec)
     except psycopg.Error as exc:
         return [f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}"]
@@ -768,3 +779,7 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
         entry.update(api.service_status(cfg, n, st))
         out.services.append(entry)
     return out
+
+
+# -- retention and monitoring: the verbs live in snapdb/ops/api.py (re-exported here) -----------
+from .ops.api import delete, monitor, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)

@@ -25,13 +25,16 @@ from .errors import ConfigError
 
 ROLES = ("production", "standby", "dev")
 _TOP_KEYS = {"store", "services", "upgrade"}
-_STORE_KEYS = {"url", "endpoint_url", "region"}  # the last two: S3 stores only
+_STORE_KEYS = {"url", "endpoint_url", "region", "retention"}  # endpoint_url, region: S3 stores only
+RETENTION_KEYS = ("last", "daily", "weekly", "monthly")
+_MONITOR_KEYS = ("snapshot_max_age", "refresh_max_age")  # [services.X]: thresholds of status --check
+_SCRUB_KEYS = {"sql", "columns", "settings", "checks"}
 _UPGRADE_KEYS = {"migrations", "rehearsal_max_age"}
 DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
 DEFAULT_MIGRATIONS = "migrations"
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles", "hooks"}
+_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles", "hooks", "scrub", *_MONITOR_KEYS}
 HOOK_POINTS = ("before_freeze", "after_freeze", "after_swap", "on_abort")
 _HOOK_KEYS = set(HOOK_POINTS) | {"timeout"}
 _URL_PREFIXES = ("postgresql://", "postgres://")
@@ -123,6 +126,18 @@ class Endpoint:
 
 
 @dataclass
+class ScrubConfig:
+    """``[services.X.scrub]``: what a restore into X runs on the build before the swap
+    (snapdb/scrub.py). `columns`: (schema, table, column, SQL expression); `sql`: files, absolute;
+    `settings`: database-level settings set on the copy; `checks`: queries that must return no row."""
+
+    sql: list[Path] = field(default_factory=list)
+    columns: list[tuple[str, str, str, str]] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     """Parsed configuration: the store URL and the named services."""
 
@@ -132,6 +147,9 @@ class Config:
     path: Path | None = None
     migrations: str | None = None  # [upgrade] migrations
     rehearsal_max_age: timedelta = DEFAULT_REHEARSAL_MAX_AGE  # [upgrade] rehearsal_max_age
+    retention: dict[str, int] | None = None  # [store.retention]: rule -> count (store/retention.py)
+    scrub: dict[str, ScrubConfig] = field(default_factory=dict)  # service -> [services.X.scrub]
+    monitor: dict[str, dict[str, timedelta]] = field(default_factory=dict)  # service -> thresholds
 
     def endpoint(self, ref: str) -> Endpoint:
         """Resolve a service name or a libpq URL to an `Endpoint`.
@@ -266,6 +284,9 @@ def _parse(data: dict, path: Path) -> Config:
     for key in ("endpoint_url", "region"):
         if (value := _path_string(store, key, f"{path} [store]")) is not None:
             cfg.store_options[key] = value
+    if "retention" in store:
+        cfg.retention = _retention(_section(store, "retention", set(RETENTION_KEYS), f"{path} [store.retention]"),
+                                   f"{path} [store.retention]")
     services = data.get("services", {})
     if not isinstance(services, dict):
         raise ConfigError(f"{path}: [services] must contain tables like [services.prod]")
@@ -296,11 +317,72 @@ def _parse(data: dict, path: Path) -> Config:
         if "timeout" in hooks:
             cfg.services[name] = replace(cfg.services[name], hook_timeout=parse_duration(
                 hooks["timeout"], f"{where} hooks timeout").total_seconds())
+        if "scrub" in svc:
+            if role == "production":
+                raise ConfigError(f"{where}: scrub rules on a production service are refused",
+                                  hint="scrub rules belong to the non-production services restored from it")
+            cfg.scrub[name] = _scrub(_section(svc, "scrub", _SCRUB_KEYS, f"{where} scrub"), f"{where} scrub", path)
+        limits = {k: parse_duration(svc[k], f"{where} {k}") for k in _MONITOR_KEYS if k in svc}
+        if limits:
+            cfg.monitor[name] = limits
     upgrade = _section(data, "upgrade", _UPGRADE_KEYS, f"{path} [upgrade]")
     cfg.migrations = _path_string(upgrade, "migrations", f"{path} [upgrade]")
     if "rehearsal_max_age" in upgrade:
         cfg.rehearsal_max_age = parse_duration(upgrade["rehearsal_max_age"], f"{path} [upgrade] rehearsal_max_age")
     return cfg
+
+
+def _retention(table: dict, where: str) -> dict[str, int]:
+    if not table:
+        raise ConfigError(f"{where}: give at least one of {', '.join(RETENTION_KEYS)}",
+                          hint="e.g. last = 7, daily = 7, weekly = 4, monthly = 6")
+    out = {k: 0 for k in RETENTION_KEYS}
+    for k, v in table.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
+            raise ConfigError(f"{where}: {k} must be a whole number, 0 or more, not {v!r}")
+        out[k] = v
+    return out
+
+
+def _scrub(table: dict, where: str, path: Path) -> ScrubConfig:
+    out = ScrubConfig()
+    sql_files = table.get("sql", [])
+    if isinstance(sql_files, str):
+        sql_files = [sql_files]
+    if not isinstance(sql_files, list) or not all(isinstance(f, str) and f for f in sql_files):
+        raise ConfigError(f"{where}: sql must be a file name or a list of them")
+    for f in sql_files:
+        p = (path.resolve().parent / Path(f).expanduser()).resolve()
+        if not p.is_file():
+            raise ConfigError(f"{where}: sql file not found: {p}")
+        out.sql.append(p)
+    columns = table.get("columns", {})
+    if not isinstance(columns, dict):
+        raise ConfigError(f"{where}: columns must be a table like columns = {{ \"app.users.email\" = \"'user' || id\" }}")
+    for col, expr in columns.items():
+        parts = col.split(".")
+        if len(parts) == 2:
+            parts = ["public", *parts]
+        if len(parts) != 3 or not all(parts) or not isinstance(expr, str) or not expr.strip():
+            raise ConfigError(f"{where}: columns: {col!r} must be \"schema.table.column\" (or \"table.column\") = "
+                              "\"SQL expression\"")
+        out.columns.append((parts[0], parts[1], parts[2], expr))
+    settings = table.get("settings", {})
+    if not isinstance(settings, dict) or not all(isinstance(v, (str, int, float, bool)) for v in settings.values()):
+        raise ConfigError(f"{where}: settings must be a table like settings = {{ \"app.send_mail\" = \"off\" }}")
+    for k, v in settings.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", k):
+            raise ConfigError(f"{where}: settings: {k!r} is not a setting name")
+        out.settings[k] = ("on" if v else "off") if isinstance(v, bool) else str(v)
+    checks = table.get("checks", [])
+    if isinstance(checks, str):
+        checks = [checks]
+    if not isinstance(checks, list) or not all(isinstance(c, str) and c.strip() for c in checks):
+        raise ConfigError(f"{where}: checks must be a list of SQL queries that return no rows when all is well")
+    out.checks = list(checks)
+    if not (out.sql or out.columns or out.settings):
+        raise ConfigError(f"{where}: give sql files, columns or settings to scrub")
+    return out
 
 
 def _role_map(table: object, where: str) -> dict[str, str]:

@@ -95,6 +95,14 @@ class AbortedError(SnapdbError):
     kind = "aborted"
 
 
+class CheckFailed(SnapdbError):
+    """``status --check`` found a monitored threshold crossed (a snapshot too old, a refresh
+    that did not happen); the CLI prints one line per problem."""
+
+    exit_code = 13
+    kind = "check"
+
+
 #: exit code -> meaning; ``docs/exit-codes.md`` documents exactly these.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -110,5 +118,6 @@ EXIT_CODES: dict[int, str] = {
     ToolError.exit_code: "pg_dump / pg_restore (or git) of a suitable version not found",
     MigrationError.exit_code: "an upgrade revision failed; the database stays at the last revision that succeeded",
     AbortedError.exit_code: "a cutover was aborted and undone: the old database serves again, unfrozen, and nothing was lost",
+    CheckFailed.exit_code: "status --check: a monitored threshold is crossed (one line per problem)",
     130: "interrupted (SIGINT)",
 }

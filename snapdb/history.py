@@ -104,6 +104,8 @@ class Record:
     #: catalog only: per revision applied, {"revision", "seconds", "replication": classify()}
     #: (`snapdb.replication.compat`): what a replicate-mode cutover plans with
     revisions: list[dict] | None = None
+    #: catalog only: what a restore's scrub rules did (`snapdb.scrub.run`)
+    scrub: dict | None = None
 
     # `database` and `restored_from_server` live in the catalog only: snapdb.history has no columns for them
 
@@ -140,7 +142,8 @@ def _table() -> sql.Composable:
     return sql.Identifier(SNAPDB_SCHEMA, "history")
 
 
-_COLUMNS = [f.name for f in fields(Record) if f.name not in ("database", "restored_from_server", "seconds", "revisions")]
+_COLUMNS = [f.name for f in fields(Record)
+            if f.name not in ("database", "restored_from_server", "seconds", "revisions", "scrub")]
 
 
 def ensure_table(conn: psycopg.Connection) -> None:

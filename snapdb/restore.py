@@ -20,8 +20,10 @@ only by the swap:
    part with COPY in `jobs` worker processes (through the partition root where enum OIDs decide
    the partition), restore the post-data section. Then a `hold.TableHold` in SHARE mode keeps
    every other session from writing to the build while it is verified (by OID) against the
-   manifest (ANALYZE runs in the hold's transaction meanwhile); a managed database's ``restore``
-   row and the database-level properties are written.
+   manifest (ANALYZE runs in the hold's transaction meanwhile); a non-production target's scrub
+   rules run in the hold's transaction (`scrub`: after the verification, which proves what was
+   restored; a failing check drops the build); a managed database's ``restore`` row and the
+   database-level properties (with the scrub's settings) are written.
 4. `seal`: end every other session on the build, check its catalog fingerprint has not moved
    since verification, and commit the hold: what is swapped in is what was verified.
 5. `swap` (`swap.swap_in`), in one transaction: check again what the target carries, end the
@@ -46,9 +48,9 @@ from pathlib import Path
 import psycopg
 import zstandard
 
-from . import faults, fingerprint, history, locks, manifest as mf, names, pgtools, pipes, roles, swap
+from . import faults, fingerprint, history, locks, manifest as mf, names, pgtools, pipes, roles, scrub, swap
 from .compression import open_zstd
-from .config import Endpoint
+from .config import Endpoint, ScrubConfig
 from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
 from .hold import TableHold
 from .postgres import (
@@ -84,6 +86,8 @@ class RestoreOptions:
     drop_slots: bool = False
     detach_subscriptions: bool = False
     protected: list[dict] = field(default_factory=list)
+    scrub: ScrubConfig | None = None  # [services.X.scrub] of a non-production target (scrub.py)
+    service: str | None = None  # the target's service name, for messages
 
 
 @dataclass
@@ -99,6 +103,7 @@ class RestoreOutcome:
     system_identifier: str | None = None  # the target server's, when the role may read it
     verified: str = "full"
     warnings: list[str] = field(default_factory=list)
+    scrub: dict | None = None  # what the scrub rules did (scrub.run), when the target has some
 
 
 def check_target_name(target: str, maintenance_db: str) -> None:
@@ -156,6 +161,7 @@ def restore_snapshot(
         out = RestoreOutcome(target=target, previous=previous, dropped=dropped, tables=len(manifest.tables),
                              rows=manifest.rows, oid=b.oid, system_identifier=b.sysid, verified=verify)
         out.warnings = list(b.warnings)
+        out.scrub = b.scrubbed
         out.kept, more = b.after_swap(previous, keep_previous, out.warnings)
         out.dropped += more
     except psycopg.Error as exc:
@@ -193,6 +199,7 @@ class Build:
         self.archive: Path | None = None
         self.warnings: list[str] = []
         self._fingerprint: dict | None = None
+        self.scrubbed: dict | None = None
 
     # -- 1. prepare -------------------------------------------------------------------------------
     def prepare(self, inspect_target: bool = True, own_source: bool = False) -> None:
@@ -329,9 +336,17 @@ class Build:
                 hint="the target was not touched",
             )
         faults.checkpoint("restore:verified")
+        if self.opts.scrub is not None:  # verified first (it proves what was restored), then scrubbed
+            self.scrubbed = scrub.run(self.hold.conn, self.opts.scrub, build=self.tmp, target=self.target,
+                                      service=self.opts.service)
+            self._fingerprint = fingerprint.fingerprint(self.hold.conn)  # the seal compares with the scrubbed copy
+            faults.checkpoint("restore:scrubbed")
         history.record_restore(self.server, self.tmp, self.target, self.manifest, conn=self.hold.conn)
+        props = props or _mapped_props(self.manifest.database, self.opts, self.owner)
+        if self.opts.scrub is not None:
+            props = scrub.with_settings(props, self.opts.scrub.settings)
         with self.maint.transaction():
-            apply_database_props(self.maint, self.tmp, props or _mapped_props(self.manifest.database, self.opts, self.owner))
+            apply_database_props(self.maint, self.tmp, props)
         return self.oid
 
     def _end_build_sessions(self, own: int | None = None) -> list[tuple]:

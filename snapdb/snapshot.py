@@ -18,8 +18,10 @@ Pipeline (each step safe to interrupt; nothing is visible until the manifest is 
 3. The pg_dump archive is compressed into the store; every stored file is read back and its
    sha256 compared with the one computed while writing; the manifest is written last.
 
-On failure every object already written for this snapshot id is deleted (best effort) and the
-error propagates; a snapshot without a manifest does not exist in any case.
+The writer's lease (`store.lease`) is published before anything else and removed after the
+manifest, so a prune can tell a running writer's unfinished snapshot from a dead one's debris.
+On failure every object already written for this snapshot id is deleted (best effort, the lease
+last) and the error propagates; a snapshot without a manifest does not exist in any case.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .postgres import (
     read_database_props, read_sequences, system_identifier, version_string,
 )
 from .progress import NULL, Reporter
-from .store import Store
+from .store import Store, lease
 from .tabledata import CHECKSUM, ZERO, add_checksums, plan_parts
 from .workers import Session, WorkerPool, dump_part
 
@@ -74,16 +76,25 @@ def take_snapshot(
     now = mf.utcnow()
     snap_id = mf.new_id(now)
     started = time.monotonic()
+    # the writer's lease comes first and goes last: while it is there and its process runs, no
+    # prune touches this unfinished snapshot (store/lease.py)
+    lease.publish(store, lease.Lease.mine(snap_id, source.source_name))
     try:
-        return _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, release_probe, reporter, started,
-                     database_props, pin)
+        m = _take(source, store, snap_id, now.isoformat(), max(1, jobs), label, release_probe, reporter, started,
+                  database_props, pin)
     except BaseException:
-        for k in store.list(mf.key(snap_id, "")):
+        lease_key = lease.key(snap_id)
+        for k in [k for k in store.list(mf.key(snap_id, "")) if k != lease_key] + [lease_key]:
             try:
                 store.delete(k)
             except Exception:  # cleanup is best effort; the error that matters is re-raised
                 log.warning("could not remove %s after a failed snapshot", k)
         raise
+    try:
+        store.delete(lease.key(snap_id))
+    except Exception:  # the snapshot exists; a leftover lease of a complete snapshot is ignored
+        log.warning("could not remove the writer lease of snapshot %s", snap_id)
+    return m
 
 
 def _take(source, store, snap_id, created_at, jobs, label, release_probe, reporter, started, props_override,

@@ -17,6 +17,6 @@ def test_demo_script_runs_the_whole_story():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     for expected in ("snapdb snapshot prod", "restored snapshot", "previous copy kept as service0-dev__prev_",
-                     "dev matches", "refusing to restore into 'prod'", "predicted freeze window",
+                     "scrubbed before the swap", "customer1@example.invalid", "would keep", "check: ok", "refusing to restore into 'prod'", "predicted freeze window",
                      "freeze window", "zero-loss check", ", 0 lost", "all steps returned their expected exit codes"):
         assert expected in out, expected

@@ -208,3 +208,21 @@ def test_environment_has_fake_credentials_only(s3):
     """The harness isolates the tests from any real AWS setup on the machine."""
     assert os.environ["AWS_ACCESS_KEY_ID"] == FAKE_KEY_ID and "AWS_PROFILE" not in os.environ
     assert os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
+
+
+def test_discard_incomplete_removes_only_unfinished_writes_under_the_prefix(any_store):
+    """What a killed writer leaves where `list` does not show it (a temporary file, an incomplete
+    multipart upload) goes; completed objects and other prefixes' writes in progress stay."""
+    s = any_store
+    with s.writer("q/keep") as f:
+        f.write(b"done")
+    killed, other = s.writer("p/x"), s.writer("q/running")
+    for cm in (killed, other):
+        cm.__enter__().write(_pattern(6 << 20))  # past one S3 part: a multipart upload exists
+    assert s.list("p/") == [] and s.list("q/") == ["q/keep"]
+    assert s.discard_incomplete("p/") == 1
+    assert s.discard_incomplete("p/") == 0
+    other.__exit__(None, None, None)  # the write under q/ was untouched and still completes
+    assert s.list("") == ["q/keep", "q/running"] and s.size("q/running") == 6 << 20
+    assert s.discard_incomplete("q/") == 0
+    killed.gen.close()  # the killed writer's own clean-up finds nothing left to remove

@@ -31,6 +31,11 @@ class Store(Protocol):
     - `size(key)`: the object's size in bytes; `MissingError` if absent.
     - `delete(key)`: remove the object; idempotent (no error if absent).
     - `exists(key)`: whether the object is present.
+    - `discard_incomplete(prefix)`: remove what writes under `prefix` that never completed left
+      behind where `list` does not show it (a killed writer's temporary files, incomplete
+      multipart uploads); returns how many. Only for a prefix no live writer uses (prune calls
+      it for debris whose writer is provably gone). Best effort where the backend may lack the
+      permission: then nothing is removed and 0 returned.
     - `describe()`: a credential-free description for messages.
     - `check()`: raise `StoreError` (with a hint) when the store cannot be read at all: a
       missing directory or bucket, a path that is not a directory, no access. Commands that
@@ -45,6 +50,7 @@ class Store(Protocol):
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def discard_incomplete(self, prefix: str) -> int: ...
     def describe(self) -> str: ...
     def check(self) -> None: ...
 

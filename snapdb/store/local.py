@@ -130,6 +130,24 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def discard_incomplete(self, prefix: str) -> int:
+        """Remove the hidden temporary files of writes that never completed under `prefix`."""
+        if not self.root.is_dir():
+            return 0
+        done = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root)
+            for name in files:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                real = name[1:].rsplit(".", 2)[0]  # ".<name>.<uuid>.tmp"
+                key = (rel / real).as_posix() if str(rel) != "." else real
+                if key.startswith(prefix):
+                    (Path(dirpath) / name).unlink(missing_ok=True)
+                    done += 1
+                    self.delete(key)  # (absent) removes the directories left empty
+        return done
+
 
 _syncfs = libc.function("syncfs")
 

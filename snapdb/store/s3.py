@@ -345,6 +345,31 @@ class S3Store:
             return False
         return True
 
+    def discard_incomplete(self, prefix: str) -> int:
+        """Abort the incomplete multipart uploads under `prefix` (a killed writer's invisible
+        parts). Needs s3:ListBucketMultipartUploads; without it nothing is aborted (0), and the
+        bucket's lifecycle rule reclaims them (docs/s3.md)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        done, markers = 0, {}
+        try:
+            while True:
+                resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._list_prefix(prefix),
+                                                          **markers)
+                for u in resp.get("Uploads", ()):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+                    done += 1
+                if not resp.get("IsTruncated"):
+                    return done
+                markers = {"KeyMarker": resp.get("NextKeyMarker", ""),
+                           "UploadIdMarker": resp.get("NextUploadIdMarker", "")}
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in _DENIED | {"NoSuchUpload"}:
+                return done
+            raise self._error(exc, "aborting uploads under", prefix) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "aborting uploads under", prefix) from None
+
 
 class _Upload(io.RawIOBase):
     """Write side of `S3Store.writer`: one part buffered; a multipart upload once past one part."""
