@@ -256,7 +256,8 @@ def restore(
                           **_scrub_rules(cfg, into, ep, dbname))
     out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
                            verify=verify, options=opts, reporter=reporter)
-    warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
+    warnings = list(out.warnings) + history.publish_restore(st, ep, dbname, m, oid=out.oid, seconds=out.seconds,
+                                                            system_identifier=out.system_identifier, scrub=out.scrub)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
@@ -270,33 +271,6 @@ def _scrub_rules(cfg: Config, into: str, ep: Endpoint, dbname: str) -> dict:
 
     service, rules = rules_for(cfg, into, ep.server_key(), dbname)
     return {"scrub": rules, "service": service}
-
-
-def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:
-    """Publish the restore's record in the store's catalog: for a managed source the ``restore``
-    row written into the copy, for any other the same record without a row. It names the new
-    database by OID and server, which is how an upgrade of an unmanaged copy finds out what it
-    was restored from.
-
-    Runs after the swap: the restore has happened, so a failure here is a warning, not an error."""
-    rec = None
-    try:
-        if m.release:
-            with connect(ep, TargetError, dbname=dbname, autocommit=True) as conn:
-                rec = next((r for r in history.rows(conn, 20) if r.operation == "restore" and r.restored_from == m.id), None)
-        if rec is None:
-            rec = history.restore_record(ep, dbname, m)
-        rec.restored_from_server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
-        rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname, "oid": out.oid,
-                        "system_identifier": out.system_identifier}
-        rec.seconds = round(out.seconds, 3)
-        rec.scrub = out.scrub
-        history.write_catalog(st, rec)
-    except psycopg.Error as exc:
-        return [f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}"]
-    except SnapdbError as exc:
-        return [f"restored {dbname!r}, but recording it in the store's catalog failed: {exc.message}"]
-    return []
 
 
 def verify(

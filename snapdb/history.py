@@ -29,7 +29,7 @@ from psycopg import sql
 from . import __version__
 from . import manifest as mf
 from .config import Endpoint
-from .errors import IntegrityError, StoreError, TargetError
+from .errors import IntegrityError, SnapdbError, StoreError, TargetError
 from .postgres import SNAPDB_SCHEMA, connect, first_line
 from .store import MissingError, Store
 
@@ -260,6 +260,35 @@ def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Mani
 
 
 # -- the store's catalog -------------------------------------------------------------------------
+def publish_restore(store: Store, server: Endpoint, target: str, manifest: mf.Manifest, *, oid: int | None,
+                    system_identifier: str | None, seconds: float, scrub: dict | None) -> list[str]:
+    """Publish a finished restore's record in the catalog and return warnings (empty: done).
+
+    For a managed source the record is the ``restore`` row written into the copy, for any other
+    the same record without a row. It names the new database by OID and server, which is how an
+    upgrade of an unmanaged copy finds out what it was restored from (`find_restore`). Runs
+    after the swap: the restore has happened, so a failure here is a warning, not an error."""
+    rec = None
+    try:
+        if manifest.release:
+            with connect(server, TargetError, dbname=target, autocommit=True) as conn:
+                rec = next((r for r in rows(conn, 20) if r.operation == "restore" and r.restored_from == manifest.id),
+                           None)
+        if rec is None:
+            rec = restore_record(server, target, manifest)
+        rec.restored_from_server = {k: manifest.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+        rec.database = {"host": server.host, "port": server.port, "dbname": target, "oid": oid,
+                        "system_identifier": system_identifier}
+        rec.seconds = round(seconds, 3)
+        rec.scrub = scrub
+        write_catalog(store, rec)
+    except psycopg.Error as exc:
+        return [f"restored {target!r}, but reading its snapdb.history failed: {first_line(exc)}"]
+    except SnapdbError as exc:
+        return [f"restored {target!r}, but recording it in the store's catalog failed: {exc.message}"]
+    return []
+
+
 def write_catalog(store: Store, rec: Record) -> None:
     """Publish `rec` as ``catalog/history/<record_id>.json`` (atomic; overwrites the same id)."""
     data = json.dumps(rec.to_json(), indent=1, ensure_ascii=False).encode("utf-8")
