@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -254,8 +255,13 @@ def restore(
                           drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
                           protected=sources.production_identities(cfg, st),
                           **_scrub_rules(cfg, into, ep, dbname))
-    out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
-                           verify=verify, options=opts, reporter=reporter)
+    started, clock = mf.utcnow(), time.monotonic()
+    try:
+        out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
+                               maintenance_db=maintenance_db(), verify=verify, options=opts, reporter=reporter)
+    except (SnapdbError, KeyboardInterrupt) as exc:  # recorded for `snapdb history`, then reported
+        history.publish_failed_restore(st, ep, dbname, m, exc, started, time.monotonic() - clock)
+        raise
     warnings = list(out.warnings) + history.publish_restore(st, ep, dbname, m, oid=out.oid, seconds=out.seconds,
                                                             system_identifier=out.system_identifier, scrub=out.scrub)
     return RestoreResult(

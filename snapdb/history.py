@@ -7,6 +7,10 @@ operation, ``catalog/history/<record_id>.json``, published atomically by the sto
 operation ends. The rehearsal gate reads the catalog (`find_rehearsal`); a restored database
 learns which snapshot it came from by its newest ``restore`` row (`restored_from`).
 
+A restore that fails is recorded in the catalog only (`publish_failed_restore`, outcome
+``failed`` or ``interrupted``, no OID): it changed no database. Readers that want what a
+database holds look at ``succeeded`` records only.
+
 A database is *managed* once it has an alembic version table. A restore writes its ``restore``
 row only when the snapshot's source was managed (its manifest records a release), so restores
 of other databases stay exact copies. The row is written into the temporary database after it
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 from collections.abc import Callable
 import secrets
 import socket
@@ -32,6 +37,8 @@ from .config import Endpoint
 from .errors import IntegrityError, SnapdbError, StoreError, TargetError
 from .postgres import SNAPDB_SCHEMA, connect, first_line
 from .store import MissingError, Store
+
+log = logging.getLogger(__name__)
 
 CATALOG_PREFIX = "catalog/history/"
 FORMAT = "snapdb-history/1"
@@ -287,6 +294,26 @@ def publish_restore(store: Store, server: Endpoint, target: str, manifest: mf.Ma
     except SnapdbError as exc:
         return [f"restored {target!r}, but recording it in the store's catalog failed: {exc.message}"]
     return []
+
+
+def publish_failed_restore(store: Store, server: Endpoint, target: str, manifest: mf.Manifest,
+                           error: BaseException, started: datetime, seconds: float) -> None:
+    """Publish the record of a restore that failed (a `SnapdbError`) or was interrupted, so
+    `snapdb history` shows it; the target was left as it was, so the record names no OID.
+
+    Best effort: the restore's own error is what the caller reports, so a store that cannot
+    take the record is logged, not raised."""
+    rec = restore_record(server, target, manifest)
+    rec.outcome = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    rec.error = error.message if isinstance(error, SnapdbError) else "interrupted"
+    rec.reached_revision = None
+    rec.started_at, rec.ended_at, rec.seconds = started.isoformat(), mf.utcnow().isoformat(), round(seconds, 3)
+    rec.restored_from_server = {k: manifest.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+    rec.database = {"host": server.host, "port": server.port, "dbname": target, "oid": None}
+    try:
+        write_catalog(store, rec)
+    except SnapdbError as exc:
+        log.warning("could not record the failed restore in the store's catalog: %s", exc.message)
 
 
 def write_catalog(store: Store, rec: Record) -> None:
