@@ -133,12 +133,13 @@ def new_record(operation: str, ep: Endpoint, dbname: str | None = None, **values
     now = mf.utcnow()
     return Record(
         record_id=now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond:06d}Z-" + secrets.token_hex(3),
-        operation=operation, started_at=now.isoformat(), os_user=_os_user(), client_host=socket.gethostname(),
+        operation=operation, started_at=now.isoformat(), os_user=os_user(), client_host=socket.gethostname(),
         service=ep.name, database={"host": ep.host, "port": ep.port, "dbname": dbname or ep.dbname}, **values,
     )
 
 
-def _os_user() -> str:
+def os_user() -> str:
+    """The operating-system user running snapdb (``unknown`` when it cannot be told)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
