@@ -267,12 +267,13 @@ def restore(
     no_privileges: Annotated[bool, typer.Option("--no-privileges", help="Do not carry grants (objects and the database).")] = False,
     drop_slots: Annotated[bool, typer.Option("--drop-slots", help="Replace a target holding logical replication slots; they are dropped with the old copy.")] = False,
     detach_subscriptions: Annotated[bool, typer.Option("--detach-subscriptions", help="Replace a target with subscriptions; they are disabled and detached in the copy set aside.")] = False,
+    if_newer: Annotated[bool, typer.Option("--if-newer", help="Do nothing (exit 0) when INTO already holds that snapshot, e.g. in cron.")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
 
-    Example: snapdb restore --into service0-dev --from prod
+    Example: snapdb restore --into service0-dev --from prod --if-newer
     """
     with _errors():
         cfg = load_config(state.config_path)
@@ -280,10 +281,14 @@ def restore(
             cfg, into, from_=from_, snapshot_id=snapshot_id, server=server, jobs=jobs,
             keep_previous=keep_previous, verify=verify.value, store=store, no_owner=no_owner,
             no_privileges=no_privileges, drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
-            reporter=_reporter(as_json),
+            if_newer=if_newer, reporter=_reporter(as_json),
         )
     if as_json:
         _emit_json(res.to_json())
+        return
+    if res.outcome == "skipped":
+        _say(f"{res.target} on {res.server} is up to date: it already holds snapshot {res.snapshot_id} ({res.source}); "
+             f"nothing to do ({res.held})")
         return
     how = "verified" if res.verified == "full" else "verified quickly (files, row counts and catalog; no read-back)"
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"

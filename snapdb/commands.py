@@ -82,6 +82,8 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
     verified: str = "full"  # full: every table read back; quick: files, row counts and catalog only
     scrub: dict | None = None  # what the target's scrub rules did (snapdb/scrub.py), if it has some
+    outcome: str = "restored"  # or "skipped": --if-newer found the target already holds this snapshot
+    held: str | None = None  # with "skipped": why the target provably holds it (ops/refresh.py)
 
     def to_json(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -227,11 +229,15 @@ def restore(
     no_privileges: bool = False,
     drop_slots: bool = False,
     detach_subscriptions: bool = False,
+    if_newer: bool = False,
     reporter: Reporter = NULL,
 ) -> RestoreResult:
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
 
-    Example: ``restore(cfg, into="service0-dev", from_="prod")``
+    With `if_newer`, do nothing (outcome ``skipped``) when INTO provably holds that snapshot
+    already (`snapdb.ops.refresh`); the check only reads, and takes no lock.
+
+    Example: ``restore(cfg, into="service0-dev", from_="prod", if_newer=True)``
     """
     if keep_previous < 0:
         raise ConfigError("--keep-previous must be 0 or more")
@@ -249,6 +255,14 @@ def restore(
     if not valid_dbname(dbname):
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
+    if if_newer:
+        from .ops.refresh import held_snapshot
+
+        held = held_snapshot(st, ep, dbname, maintenance_db())
+        if held.snapshot_id == m.id:
+            return RestoreResult(snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
+                                 previous=None, tables=len(m.tables), rows=m.rows, verified=verify,
+                                 outcome="skipped", held=held.reason)
     role_map = cfg.services[into].role_map if into in cfg.services else (
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),

@@ -1,0 +1,108 @@
+"""Issue 9's cron guard and history: `restore --if-newer` skips a target that provably holds the
+snapshot (by the catalog's record of the restore that built it, found by OID), and restores one
+that does not; `snapdb history` lists snapshots, restores, upgrades and failures newest first."""
+
+from __future__ import annotations
+
+import json
+
+from psycopg import sql
+
+from snapdb import commands
+from snapdb.config import load_config
+
+from .conftest import create_db, run_cli, write_config
+
+MANAGED = """
+CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO public.alembic_version VALUES ('a1b2c3d4e5f6');
+CREATE TABLE items (id int PRIMARY KEY, name text);
+INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 200) g;
+"""
+
+
+def _oid(pg, name: str) -> int | None:
+    with pg.connect() as conn:
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def _cli_restore(c: list[str]) -> dict:
+    r = run_cli(*c, "--json", "restore", "--into", "dev", "--from", "src", "--if-newer")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_restore_if_newer(pg, tmp_path, dbname):
+    src, dev = create_db(pg, dbname, MANAGED), dbname + "_dev"
+    cfg_path = write_config(tmp_path / "snapdb.toml", tmp_path / "store",
+                            {"src": (pg.url(src), "production"), "dev": (pg.url(dev), "dev")})
+    c, cfg = ["--config", str(cfg_path)], load_config(cfg_path)
+    first = commands.snapshot(cfg, "src")
+
+    def _restore(c) -> dict:
+        return commands.restore(cfg, into="dev", from_="src", if_newer=True).to_json()
+
+    # a target that does not exist yet is restored
+    res = _cli_restore(c)
+    assert res["outcome"] == "restored" and res["snapshot_id"] == first.id
+    oid = _oid(pg, dev)
+    with pg.connect(dev) as conn:  # the copy records which snapshot it came from
+        assert conn.execute("SELECT restored_from FROM snapdb.history WHERE operation = 'restore'").fetchall() == [
+            (first.id,)]
+    mon = commands.monitor(cfg, "dev")  # and `status --check` shows it
+    assert mon.services[0]["last_restore"]["snapshot"] == first.id
+
+    # the same snapshot again: nothing happens, and it says so
+    res = _cli_restore(c)
+    assert res["outcome"] == "skipped" and res["snapshot_id"] == first.id and str(oid) in res["held"]
+    assert _oid(pg, dev) == oid
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", "--if-newer")
+    assert r.returncode == 0, r.stderr
+    assert f"is up to date: it already holds snapshot {first.id}" in r.stderr and _oid(pg, dev) == oid
+
+    # a new snapshot is restored
+    with pg.connect(src) as conn:
+        conn.execute("INSERT INTO items VALUES (201, 'new')")
+    second = commands.snapshot(cfg, "src")
+    res = _restore(c)
+    assert res["outcome"] == "restored" and res["snapshot_id"] == second.id
+    oid2 = _oid(pg, dev)
+    assert oid2 != oid and _restore(c)["outcome"] == "skipped"
+
+    # a copy made by hand carries the same snapdb.history row (it travels with the data), but
+    # snapdb did not build it: it is restored
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dev + "_hand"), sql.Identifier(dev)))
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(dev)))
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(dev + "_hand"), sql.Identifier(dev)))
+    with pg.connect(dev) as conn:
+        assert conn.execute("SELECT restored_from FROM snapdb.history ORDER BY id DESC LIMIT 1").fetchone()[0] == second.id
+    hand = _oid(pg, dev)
+    res = _restore(c)
+    assert res["outcome"] == "restored" and res["snapshot_id"] == second.id and _oid(pg, dev) not in (hand, oid2)
+
+    # contents replaced in place (same OID) lose the copy's restore row: restored as well
+    with pg.connect(dev) as conn:
+        conn.execute("DELETE FROM snapdb.history")
+    before = _oid(pg, dev)
+    assert _restore(c)["outcome"] == "restored" and _oid(pg, dev) != before
+    assert _restore(c)["outcome"] == "skipped"
+
+
+def test_restore_if_newer_unmanaged_source(pg, tmp_path, dbname):
+    """Without a release, the copy carries no row: the catalog's record by OID alone decides."""
+    src = create_db(pg, dbname, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    dev = dbname + "_dev"
+    cfg = load_config(write_config(tmp_path / "snapdb.toml", tmp_path / "store",
+                                   {"src": (pg.url(src), "production"), "dev": (pg.url(dev), "dev")}))
+    snap = commands.snapshot(cfg, "src")
+    with pg.connect() as conn:  # dev made by hand from the source: never restored by snapdb
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dev), sql.Identifier(src)))
+    hand = _oid(pg, dev)
+    res = commands.restore(cfg, into="dev", from_="src", if_newer=True)
+    assert res.outcome == "restored" and res.snapshot_id == snap.id and _oid(pg, dev) != hand
+    oid = _oid(pg, dev)
+    res = commands.restore(cfg, into="dev", from_="src", if_newer=True)
+    assert res.outcome == "skipped" and res.snapshot_id == snap.id and _oid(pg, dev) == oid
+    assert res.to_json()["outcome"] == "skipped"
