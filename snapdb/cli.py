@@ -721,6 +721,32 @@ def delete(
         _say(f"deleted {d['id']} ({d['kind']}, {d['objects']} objects)")
 
 
+@app.command()
+def history(
+    service: Annotated[Optional[str], typer.Argument(help="Only this service: its own snapshots and the operations on its database.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the newest N entries.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List every snapshot, restore, upgrade, cutover and rollback on record, newest first.
+
+    Example: snapdb history service0-dev --limit 20
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.history(cfg, service, limit=limit, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for e in res.entries:  # one line per operation
+        secs = e.seconds
+        took = "-" if secs is None else f"{secs:.1f}s" if secs < 60 else f"{int(secs // 60)}m{int(secs % 60):02d}s"
+        typer.echo(f"{(e.started_at or '?')[:19]}Z {e.operation:<8} {e.outcome:<11} {took:>8}  "
+                   f"{e.service or e.database or '?'}" + (f" ({e.database})" if e.service and e.database else "")
+                   + (f" snapshot {e.snapshot}" if e.snapshot else "") + (f" tag {e.tag}" if e.tag else "")
+                   + f"  by {e.os_user or '?'}@{e.client_host or '?'}" + (f"  error: {e.error}" if e.error else ""))
+
+
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")
 GROUPS = ("release",)
 

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from . import gitsource, history, sources
+from . import gitsource, sources
+from . import history as records
 from . import manifest as mf
 from .config import Config, Endpoint, format_duration, is_url
 from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
@@ -274,9 +275,9 @@ def restore(
         out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
                                maintenance_db=maintenance_db(), verify=verify, options=opts, reporter=reporter)
     except (SnapdbError, KeyboardInterrupt) as exc:  # recorded for `snapdb history`, then reported
-        history.publish_failed_restore(st, ep, dbname, m, exc, started, time.monotonic() - clock)
+        records.publish_failed_restore(st, ep, dbname, m, exc, started, time.monotonic() - clock)
         raise
-    warnings = list(out.warnings) + history.publish_restore(st, ep, dbname, m, oid=out.oid, seconds=out.seconds,
+    warnings = list(out.warnings) + records.publish_restore(st, ep, dbname, m, oid=out.oid, seconds=out.seconds,
                                                             system_identifier=out.system_identifier, scrub=out.scrub)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
@@ -440,7 +441,7 @@ def upgrade(
             def is_prod(server: dict) -> bool:
                 return mf.same_source(server, prod_ep, session.system_identifier)
 
-            found = history.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(), is_prod)
+            found = records.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(), is_prod)
             if found is not None:
                 result.rehearsal = found.record_id
             elif not skip_rehearsal:
@@ -459,7 +460,7 @@ def upgrade(
         if sql:
             result.sql = migrate.offline_sql(scripts, session.current, rel.revision)
             return result
-        rec = history.new_record(
+        rec = records.new_record(
             "upgrade", ep, tag=to, from_revision=session.current, to_revision=rel.revision,
             reached_revision=session.current, checksum=rel.checksum,
             restored_from=result.restored_from,
@@ -483,7 +484,7 @@ def _provenance(st: Store | None, session, ep: Endpoint) -> tuple[tuple[str, str
     if st is None:
         return restored, None
     if restored is None:
-        rec = history.find_restore(st, {"host": ep.host, "port": ep.port,
+        rec = records.find_restore(st, {"host": ep.host, "port": ep.port,
                                         "system_identifier": session.system_identifier}, session.oid)
         if rec is not None and rec.restored_from:
             return (rec.restored_from, rec.restored_from_source), rec.restored_from_server
@@ -492,7 +493,7 @@ def _provenance(st: Store | None, session, ep: Endpoint) -> tuple[tuple[str, str
         m = mf.read_manifest(st, restored[0])
         server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
     except SnapdbError:  # the snapshot was deleted: its restore record still says where it came from
-        rec = next((r for r in history.list_catalog(st) if r.operation == "restore" and r.restored_from == restored[0]), None)
+        rec = next((r for r in records.list_catalog(st) if r.operation == "restore" and r.restored_from == restored[0]), None)
         server = rec.restored_from_server if rec else None
     return restored, server
 
@@ -775,5 +776,5 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
     return out
 
 
-# -- retention and monitoring: the verbs live in snapdb/ops/api.py (re-exported here) -----------
-from .ops.api import delete, monitor, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)
+# -- retention, monitoring, history: the verbs live in snapdb/ops/api.py (re-exported here) ----
+from .ops.api import delete, history, monitor, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)

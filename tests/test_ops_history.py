@@ -4,14 +4,19 @@ that does not; `snapdb history` lists snapshots, restores, upgrades and failures
 
 from __future__ import annotations
 
+import getpass
 import json
+import shutil
+import socket
 
+import pytest
 from psycopg import sql
 
 from snapdb import commands
 from snapdb.config import load_config
+from snapdb.errors import ConfigError, IntegrityError
 
-from .conftest import create_db, run_cli, write_config
+from .conftest import ROOT, create_db, run_cli, write_config
 
 MANAGED = """
 CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY);
@@ -106,3 +111,54 @@ def test_restore_if_newer_unmanaged_source(pg, tmp_path, dbname):
     res = commands.restore(cfg, into="dev", from_="src", if_newer=True)
     assert res.outcome == "skipped" and res.snapshot_id == snap.id and _oid(pg, dev) == oid
     assert res.to_json()["outcome"] == "skipped"
+
+
+def test_history_lists_operations_newest_first(pg, tmp_path, dbname):
+    prod, dev = create_db(pg, dbname, (ROOT / "fixtures" / "service0.sql").read_text()), dbname + "_dev"
+    migrations = tmp_path / "migrations"
+    shutil.copytree(ROOT / "migrations", migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg_path = write_config(tmp_path / "snapdb.toml", tmp_path / "store",
+                            {"prod": (pg.url(prod), "production"), "dev": (pg.url(dev), "dev")})
+    cfg_path.write_text(cfg_path.read_text() + f"\n[upgrade]\nmigrations = {json.dumps(str(migrations))}\n")
+    cfg, c = load_config(cfg_path), ["--config", str(cfg_path)]
+
+    snap = commands.snapshot(cfg, "prod")
+    commands.restore(cfg, into="dev", from_="prod")
+    up = commands.upgrade(cfg, "dev", to="v1.1")
+    oid = _oid(pg, dev)
+    [data] = [p for p in (tmp_path / "store" / "snapshots" / snap.id / "data").iterdir()][:1]
+    data.write_bytes(b"not the stored bytes")
+    with pytest.raises(IntegrityError, match="damaged"):
+        commands.restore(cfg, into="dev", from_="prod")
+    assert _oid(pg, dev) == oid  # the failed restore left the target as it was
+
+    r = run_cli(*c, "history", "--json")
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(r.stdout)["entries"]
+    assert [(e["operation"], e["outcome"], e["service"], e["snapshot"]) for e in entries] == [
+        ("restore", "failed", "dev", snap.id), ("upgrade", "succeeded", "dev", snap.id),
+        ("restore", "succeeded", "dev", snap.id), ("snapshot", "succeeded", "prod", snap.id)]
+    assert [e["tag"] for e in entries] == ["v1.0", "v1.1", "v1.0", "v1.0"]
+    assert entries[1]["record_id"] == up.history_id and entries[1]["details"]["to_revision"] == up.revision
+    assert "damaged" in entries[0]["error"] and all(e["error"] is None for e in entries[1:])
+    starts = [e["started_at"] for e in entries]
+    assert starts == sorted(starts, reverse=True)
+    for e in entries:
+        assert (e["os_user"], e["client_host"]) == (getpass.getuser(), socket.gethostname()), e
+        assert e["seconds"] is not None and 0 <= e["seconds"] < 120, e
+        assert e["database"].endswith("/" + (prod if e["operation"] == "snapshot" else dev)), e
+
+    r = run_cli(*c, "history", "dev", "--json")
+    assert [e["operation"] for e in json.loads(r.stdout)["entries"]] == ["restore", "upgrade", "restore"]
+    assert [e.operation for e in commands.history(cfg, "prod").entries] == ["snapshot"]
+    assert [e.outcome for e in commands.history(cfg, limit=2).entries] == ["failed", "succeeded"]
+
+    r = run_cli(*c, "history")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4, r.stdout
+    assert lines[0].split()[1:3] == ["restore", "failed"] and "error: snapshot" in lines[0] and "damaged" in lines[0]
+    assert lines[3].split()[1:3] == ["snapshot", "succeeded"] and f"snapshot {snap.id}" in lines[3]
+    assert all(f"by {getpass.getuser()}@{socket.gethostname()}" in ln for ln in lines)
+    r = run_cli(*c, "history", "nosuch")
+    assert r.returncode == ConfigError.exit_code and "unknown service 'nosuch'" in r.stderr
