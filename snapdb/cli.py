@@ -653,6 +653,7 @@ def _status_lines(res) -> None:
         frozen = e.get("frozen")
         line = (f"{e['service']} ({e['role']}): revision {e.get('revision') or '-'}"
                 + (f", newest snapshot {e['newest_snapshot']['id']}" if e.get("newest_snapshot") else "")
+                + (f", holds snapshot {e['holds']['snapshot']}" if e.get("holds") else "")
                 + (f", FROZEN by {frozen['by']} ({frozen['mode']}) since {frozen['since']}" if frozen else "")
                 + (f", cutover {cut['id']} to {cut['tag']} {cut['state']} at {cut['step']}"
                    if cut and cut.get("state") in ("running", "aborting") else ""))

@@ -754,10 +754,16 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
     except ConfigError:
         st = None
     out = StatusResult()
+    try:  # which snapshot each database provably holds (ops/refresh.py, as restore --if-newer)
+        from .ops.refresh import holdings
+
+        held = holdings(st, {n: cfg.services[n] for n in names_}, maintenance_db()) if st is not None else {}
+    except SnapdbError:
+        held = {}
     for n in names_:
         svc = cfg.services[n]
         entry: dict = {"service": n, "role": svc.role, "database": svc.label(), "release": None, "revision": None,
-                       "newest_snapshot": None}
+                       "newest_snapshot": None, "holds": held.get(n)}
         try:
             with connect(svc, TargetError, autocommit=True) as conn:
                 rev = ",".join(alembic_revisions(conn) or []) or None

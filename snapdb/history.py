@@ -361,16 +361,17 @@ def find_rehearsal(store: Store, source: str, tag: str, checksum: str, max_age: 
     return None
 
 
-def find_restore(store: Store, server: dict, oid: int) -> Record | None:
+def find_restore(store: Store, server: dict, oid: int, records: list[Record] | None = None) -> Record | None:
     """The newest catalog record of a restore that produced the database with OID `oid` on the
-    server `server` ({"host", "port", "system_identifier"}); None if there is none.
+    server `server` ({"host", "port", "system_identifier"}); None if there is none. `records`:
+    the catalog already read (`list_catalog`), when looking up several databases.
 
     Restores of unmanaged sources write nothing into the copy, so this is how an upgrade of such
     a copy (the first release of an existing database) learns which snapshot it holds.
     """
     _E = Endpoint
     key = _E(params={"host": str(server.get("host")), "port": str(server.get("port"))}).server_key()
-    for rec in list_catalog(store):
+    for rec in list_catalog(store) if records is None else records:
         db = rec.database or {}
         if rec.operation != "restore" or rec.outcome != "succeeded" or db.get("oid") != oid:
             continue

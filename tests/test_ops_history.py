@@ -55,8 +55,11 @@ def test_restore_if_newer(pg, tmp_path, dbname):
     with pg.connect(dev) as conn:  # the copy records which snapshot it came from
         assert conn.execute("SELECT restored_from FROM snapdb.history WHERE operation = 'restore'").fetchall() == [
             (first.id,)]
-    mon = commands.monitor(cfg, "dev")  # and `status --check` shows it
+    mon = commands.monitor(cfg, "dev")  # and `status` shows it, by the same proof as --if-newer
     assert mon.services[0]["last_restore"]["snapshot"] == first.id
+    assert [e["holds"]["snapshot"] if e["holds"] else None for e in commands.status(cfg).services] == [first.id, None]
+    r = run_cli(*c, "status")
+    assert r.returncode == 0 and f"dev (dev): revision a1b2c3d4e5f6, holds snapshot {first.id}" in r.stdout, r.stdout
 
     # the same snapshot again: nothing happens, and it says so
     res = _cli_restore(c)
@@ -84,6 +87,7 @@ def test_restore_if_newer(pg, tmp_path, dbname):
     with pg.connect(dev) as conn:
         assert conn.execute("SELECT restored_from FROM snapdb.history ORDER BY id DESC LIMIT 1").fetchone()[0] == second.id
     hand = _oid(pg, dev)
+    assert commands.status(cfg, "dev").services[0]["holds"] is None
     res = _restore(c)
     assert res["outcome"] == "restored" and res["snapshot_id"] == second.id and _oid(pg, dev) not in (hand, oid2)
 

@@ -41,8 +41,10 @@ class Held:
     record_id: str | None = None
 
 
-def held_snapshot(store: Store, server: Endpoint, dbname: str, maintenance_db: str) -> Held:
-    """Which snapshot database `dbname` on `server` provably holds (see module docstring)."""
+def held_snapshot(store: Store, server: Endpoint, dbname: str, maintenance_db: str,
+                  records: list[history.Record] | None = None) -> Held:
+    """Which snapshot database `dbname` on `server` provably holds (see module docstring).
+    `records`: the catalog already read, when asking about several databases."""
     with connect(server, TargetError, dbname=maintenance_db, autocommit=True) as conn:
         row = conn.execute("SELECT oid, datallowconn FROM pg_catalog.pg_database WHERE datname = %s",
                            (dbname,)).fetchone()
@@ -50,7 +52,8 @@ def held_snapshot(store: Store, server: Endpoint, dbname: str, maintenance_db: s
             return Held(None, f"{dbname!r} does not exist")
         sysid = system_identifier(conn)
     oid = int(row[0])
-    rec = history.find_restore(store, {"host": server.host, "port": server.port, "system_identifier": sysid}, oid)
+    rec = history.find_restore(store, {"host": server.host, "port": server.port, "system_identifier": sysid}, oid,
+                               records)
     if rec is None or not rec.restored_from:
         return Held(None, f"no snapdb restore on record built {dbname!r} (OID {oid})", oid)
     if rec.to_revision is not None:  # a managed source: the restore wrote its row into the copy
@@ -67,3 +70,21 @@ def held_snapshot(store: Store, server: Endpoint, dbname: str, maintenance_db: s
                               f"{rec.restored_from} (its contents were replaced since)", oid)
     return Held(rec.restored_from, f"restore {rec.record_id} built {dbname!r} (OID {oid}) from snapshot "
                                    f"{rec.restored_from}", oid, rec.record_id)
+
+
+def holdings(store: Store, services: dict[str, Endpoint], maintenance_db: str) -> dict[str, dict | None]:
+    """For `snapdb status`: per service, ``{"snapshot", "record", "restored_at"}`` of the snapshot
+    its database provably holds, or None (never restored by snapdb, replaced since, unreachable:
+    status reports reachability itself). Reads the catalog once."""
+    records = history.list_catalog(store)
+    by_id = {r.record_id: r for r in records}
+    out: dict[str, dict | None] = {}
+    for name, ep in services.items():
+        try:
+            held = held_snapshot(store, ep.admin(), ep.dbname, maintenance_db, records)
+        except SnapdbError:
+            held = Held(None, "unreachable")
+        rec = by_id.get(held.record_id or "")
+        out[name] = None if held.snapshot_id is None else {
+            "snapshot": held.snapshot_id, "record": held.record_id, "restored_at": rec.ended_at if rec else None}
+    return out
