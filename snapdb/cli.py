@@ -268,12 +268,13 @@ def restore(
     no_privileges: Annotated[bool, typer.Option("--no-privileges", help="Do not carry grants (objects and the database).")] = False,
     drop_slots: Annotated[bool, typer.Option("--drop-slots", help="Replace a target holding logical replication slots; they are dropped with the old copy.")] = False,
     detach_subscriptions: Annotated[bool, typer.Option("--detach-subscriptions", help="Replace a target with subscriptions; they are disabled and detached in the copy set aside.")] = False,
+    if_newer: Annotated[bool, typer.Option("--if-newer", help="Do nothing (exit 0) when INTO already holds that snapshot, e.g. in cron.")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
 
-    Example: snapdb restore --into service0-dev --from prod
+    Example: snapdb restore --into service0-dev --from prod --if-newer
     """
     with _errors():
         cfg = load_config(state.config_path)
@@ -281,10 +282,14 @@ def restore(
             cfg, into, from_=from_, snapshot_id=snapshot_id, server=server, jobs=jobs,
             keep_previous=keep_previous, verify=verify.value, store=store, no_owner=no_owner,
             no_privileges=no_privileges, drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
-            reporter=_reporter(as_json),
+            if_newer=if_newer, reporter=_reporter(as_json),
         )
     if as_json:
         _emit_json(res.to_json())
+        return
+    if res.outcome == "skipped":
+        _say(f"{res.target} on {res.server} is up to date: it already holds snapshot {res.snapshot_id} ({res.source}); "
+             f"nothing to do ({res.held})")
         return
     how = "verified" if res.verified == "full" else "verified quickly (files, row counts and catalog; no read-back)"
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
@@ -660,6 +665,7 @@ def _status_lines(res) -> None:
         frozen = e.get("frozen")
         line = (f"{e['service']} ({e['role']}): revision {e.get('revision') or '-'}"
                 + (f", newest snapshot {e['newest_snapshot']['id']}" if e.get("newest_snapshot") else "")
+                + (f", holds snapshot {e['holds']['snapshot']}" if e.get("holds") else "")
                 + (f", FROZEN by {frozen['by']} ({frozen['mode']}) since {frozen['since']}" if frozen else "")
                 + (f", cutover {cut['id']} to {cut['tag']} {cut['state']} at {cut['step']}"
                    if cut and cut.get("state") in ("running", "aborting") else ""))
@@ -726,6 +732,32 @@ def delete(
         err.print(f"warning: {f['id']} was {f['reason']} (--force)", markup=False)
     for d in res.deleted:
         _say(f"deleted {d['id']} ({d['kind']}, {d['objects']} objects)")
+
+
+@app.command()
+def history(
+    service: Annotated[Optional[str], typer.Argument(help="Only this service: its own snapshots and the operations on its database.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the newest N entries.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List every snapshot, restore, upgrade, cutover and rollback on record, newest first.
+
+    Example: snapdb history service0-dev --limit 20
+    """
+    with _errors():
+        cfg = load_config(state.config_path)
+        res = commands.history(cfg, service, limit=limit, store=store)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for e in res.entries:  # one line per operation
+        secs = e.seconds
+        took = "-" if secs is None else f"{secs:.1f}s" if secs < 60 else f"{int(secs // 60)}m{int(secs % 60):02d}s"
+        typer.echo(f"{(e.started_at or '?')[:19]}Z {e.operation:<8} {e.outcome:<11} {took:>8}  "
+                   f"{e.service or e.database or '?'}" + (f" ({e.database})" if e.service and e.database else "")
+                   + (f" snapshot {e.snapshot}" if e.snapshot else "") + (f" tag {e.tag}" if e.tag else "")
+                   + f"  by {e.os_user or '?'}@{e.client_host or '?'}" + (f"  error: {e.error}" if e.error else ""))
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from . import gitsource, history, sources
+from . import gitsource, sources
+from . import history as records
 from . import manifest as mf
 from .config import Config, Endpoint, format_duration, is_url
 from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
@@ -81,6 +83,8 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
     verified: str = "full"  # full: every table read back; quick: files, row counts and catalog only
     scrub: dict | None = None  # what the target's scrub rules did (snapdb/scrub.py), if it has some
+    outcome: str = "restored"  # or "skipped": --if-newer found the target already holds this snapshot
+    held: str | None = None  # with "skipped": why the target provably holds it (ops/refresh.py)
 
     def to_json(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -226,11 +230,15 @@ def restore(
     no_privileges: bool = False,
     drop_slots: bool = False,
     detach_subscriptions: bool = False,
+    if_newer: bool = False,
     reporter: Reporter = NULL,
 ) -> RestoreResult:
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
 
-    Example: ``restore(cfg, into="service0-dev", from_="prod")``
+    With `if_newer`, do nothing (outcome ``skipped``) when INTO provably holds that snapshot
+    already (`snapdb.ops.refresh`); the check only reads, and takes no lock.
+
+    Example: ``restore(cfg, into="service0-dev", from_="prod", if_newer=True)``
     """
     if keep_previous < 0:
         raise ConfigError("--keep-previous must be 0 or more")
@@ -248,15 +256,29 @@ def restore(
     if not valid_dbname(dbname):
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
+    if if_newer:
+        from .ops.refresh import held_snapshot
+
+        held = held_snapshot(st, ep, dbname, maintenance_db())
+        if held.snapshot_id == m.id:
+            return RestoreResult(snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
+                                 previous=None, tables=len(m.tables), rows=m.rows, verified=verify,
+                                 outcome="skipped", held=held.reason)
     role_map = cfg.services[into].role_map if into in cfg.services else (
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
                           drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
                           protected=sources.production_identities(cfg, st),
                           **_scrub_rules(cfg, into, ep, dbname))
-    out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous, maintenance_db=maintenance_db(),
-                           verify=verify, options=opts, reporter=reporter)
-    warnings = list(out.warnings) + _catalog_restore(st, ep, dbname, m, out)
+    started, clock = mf.utcnow(), time.monotonic()
+    try:
+        out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
+                               maintenance_db=maintenance_db(), verify=verify, options=opts, reporter=reporter)
+    except (SnapdbError, KeyboardInterrupt) as exc:  # recorded for `snapdb history`, then reported
+        records.publish_failed_restore(st, ep, dbname, m, exc, started, time.monotonic() - clock)
+        raise
+    warnings = list(out.warnings) + records.publish_restore(st, ep, dbname, m, oid=out.oid, seconds=out.seconds,
+                                                            system_identifier=out.system_identifier, scrub=out.scrub)
     return RestoreResult(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
@@ -270,33 +292,6 @@ def _scrub_rules(cfg: Config, into: str, ep: Endpoint, dbname: str) -> dict:
 
     service, rules = rules_for(cfg, into, ep.server_key(), dbname)
     return {"scrub": rules, "service": service}
-
-
-def _catalog_restore(st: Store, ep: Endpoint, dbname: str, m: mf.Manifest, out) -> list[str]:
-    """Publish the restore's record in the store's catalog: for a managed source the ``restore``
-    row written into the copy, for any other the same record without a row. It names the new
-    database by OID and server, which is how an upgrade of an unmanaged copy finds out what it
-    was restored from.
-
-    Runs after the swap: the restore has happened, so a failure here is a warning, not an error."""
-    rec = None
-    try:
-        if m.release:
-            with connect(ep, TargetError, dbname=dbname, autocommit=True) as conn:
-                rec = next((r for r in history.rows(conn, 20) if r.operation == "restore" and r.restored_from == m.id), None)
-        if rec is None:
-            rec = history.restore_record(ep, dbname, m)
-        rec.restored_from_server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
-        rec.database = {"host": ep.host, "port": ep.port, "dbname": dbname, "oid": out.oid,
-                        "system_identifier": out.system_identifier}
-        rec.seconds = round(out.seconds, 3)
-        rec.scrub = out.scrub
-        history.write_catalog(st, rec)
-    except psycopg.Error as exc:
-        return [f"restored {dbname!r}, but reading its snapdb.history failed: {first_line(exc)}"]
-    except SnapdbError as exc:
-        return [f"restored {dbname!r}, but recording it in the store's catalog failed: {exc.message}"]
-    return []
 
 
 def verify(
@@ -446,7 +441,7 @@ def upgrade(
             def is_prod(server: dict) -> bool:
                 return mf.same_source(server, prod_ep, session.system_identifier)
 
-            found = history.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(), is_prod)
+            found = records.find_rehearsal(st, prod, to, rel.checksum, cfg.rehearsal_max_age, mf.utcnow(), is_prod)
             if found is not None:
                 result.rehearsal = found.record_id
             elif not skip_rehearsal:
@@ -465,7 +460,7 @@ def upgrade(
         if sql:
             result.sql = migrate.offline_sql(scripts, session.current, rel.revision)
             return result
-        rec = history.new_record(
+        rec = records.new_record(
             "upgrade", ep, tag=to, from_revision=session.current, to_revision=rel.revision,
             reached_revision=session.current, checksum=rel.checksum,
             restored_from=result.restored_from,
@@ -489,7 +484,7 @@ def _provenance(st: Store | None, session, ep: Endpoint) -> tuple[tuple[str, str
     if st is None:
         return restored, None
     if restored is None:
-        rec = history.find_restore(st, {"host": ep.host, "port": ep.port,
+        rec = records.find_restore(st, {"host": ep.host, "port": ep.port,
                                         "system_identifier": session.system_identifier}, session.oid)
         if rec is not None and rec.restored_from:
             return (rec.restored_from, rec.restored_from_source), rec.restored_from_server
@@ -498,7 +493,7 @@ def _provenance(st: Store | None, session, ep: Endpoint) -> tuple[tuple[str, str
         m = mf.read_manifest(st, restored[0])
         server = {k: m.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
     except SnapdbError:  # the snapshot was deleted: its restore record still says where it came from
-        rec = next((r for r in history.list_catalog(st) if r.operation == "restore" and r.restored_from == restored[0]), None)
+        rec = next((r for r in records.list_catalog(st) if r.operation == "restore" and r.restored_from == restored[0]), None)
         server = rec.restored_from_server if rec else None
     return restored, server
 
@@ -759,10 +754,16 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
     except ConfigError:
         st = None
     out = StatusResult()
+    try:  # which snapshot each database provably holds (ops/refresh.py, as restore --if-newer)
+        from .ops.refresh import holdings
+
+        held = holdings(st, {n: cfg.services[n] for n in names_}, maintenance_db()) if st is not None else {}
+    except SnapdbError:
+        held = {}
     for n in names_:
         svc = cfg.services[n]
         entry: dict = {"service": n, "role": svc.role, "database": svc.label(), "release": None, "revision": None,
-                       "newest_snapshot": None}
+                       "newest_snapshot": None, "holds": held.get(n)}
         try:
             with connect(svc, TargetError, autocommit=True) as conn:
                 rev = ",".join(alembic_revisions(conn) or []) or None
@@ -781,5 +782,5 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
     return out
 
 
-# -- retention and monitoring: the verbs live in snapdb/ops/api.py (re-exported here) -----------
-from .ops.api import delete, monitor, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)
+# -- retention, monitoring, history: the verbs live in snapdb/ops/api.py (re-exported here) ----
+from .ops.api import delete, history, monitor, prune  # noqa: E402,F401  (re-exported; ops imports nothing from here)

@@ -7,6 +7,10 @@ operation, ``catalog/history/<record_id>.json``, published atomically by the sto
 operation ends. The rehearsal gate reads the catalog (`find_rehearsal`); a restored database
 learns which snapshot it came from by its newest ``restore`` row (`restored_from`).
 
+A restore that fails is recorded in the catalog only (`publish_failed_restore`, outcome
+``failed`` or ``interrupted``, no OID): it changed no database. Readers that want what a
+database holds look at ``succeeded`` records only.
+
 A database is *managed* once it has an alembic version table. A restore writes its ``restore``
 row only when the snapshot's source was managed (its manifest records a release), so restores
 of other databases stay exact copies. The row is written into the temporary database after it
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 from collections.abc import Callable
 import secrets
 import socket
@@ -29,9 +34,11 @@ from psycopg import sql
 from . import __version__
 from . import manifest as mf
 from .config import Endpoint
-from .errors import IntegrityError, StoreError, TargetError
+from .errors import IntegrityError, SnapdbError, StoreError, TargetError
 from .postgres import SNAPDB_SCHEMA, connect, first_line
 from .store import MissingError, Store
+
+log = logging.getLogger(__name__)
 
 CATALOG_PREFIX = "catalog/history/"
 FORMAT = "snapdb-history/1"
@@ -126,12 +133,13 @@ def new_record(operation: str, ep: Endpoint, dbname: str | None = None, **values
     now = mf.utcnow()
     return Record(
         record_id=now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond:06d}Z-" + secrets.token_hex(3),
-        operation=operation, started_at=now.isoformat(), os_user=_os_user(), client_host=socket.gethostname(),
+        operation=operation, started_at=now.isoformat(), os_user=os_user(), client_host=socket.gethostname(),
         service=ep.name, database={"host": ep.host, "port": ep.port, "dbname": dbname or ep.dbname}, **values,
     )
 
 
-def _os_user() -> str:
+def os_user() -> str:
+    """The operating-system user running snapdb (``unknown`` when it cannot be told)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -260,6 +268,55 @@ def record_restore(server: Endpoint, dbname: str, target: str, manifest: mf.Mani
 
 
 # -- the store's catalog -------------------------------------------------------------------------
+def publish_restore(store: Store, server: Endpoint, target: str, manifest: mf.Manifest, *, oid: int | None,
+                    system_identifier: str | None, seconds: float, scrub: dict | None) -> list[str]:
+    """Publish a finished restore's record in the catalog and return warnings (empty: done).
+
+    For a managed source the record is the ``restore`` row written into the copy, for any other
+    the same record without a row. It names the new database by OID and server, which is how an
+    upgrade of an unmanaged copy finds out what it was restored from (`find_restore`). Runs
+    after the swap: the restore has happened, so a failure here is a warning, not an error."""
+    rec = None
+    try:
+        if manifest.release:
+            with connect(server, TargetError, dbname=target, autocommit=True) as conn:
+                rec = next((r for r in rows(conn, 20) if r.operation == "restore" and r.restored_from == manifest.id),
+                           None)
+        if rec is None:
+            rec = restore_record(server, target, manifest)
+        rec.restored_from_server = {k: manifest.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+        rec.database = {"host": server.host, "port": server.port, "dbname": target, "oid": oid,
+                        "system_identifier": system_identifier}
+        rec.seconds = round(seconds, 3)
+        rec.scrub = scrub
+        write_catalog(store, rec)
+    except psycopg.Error as exc:
+        return [f"restored {target!r}, but reading its snapdb.history failed: {first_line(exc)}"]
+    except SnapdbError as exc:
+        return [f"restored {target!r}, but recording it in the store's catalog failed: {exc.message}"]
+    return []
+
+
+def publish_failed_restore(store: Store, server: Endpoint, target: str, manifest: mf.Manifest,
+                           error: BaseException, started: datetime, seconds: float) -> None:
+    """Publish the record of a restore that failed (a `SnapdbError`) or was interrupted, so
+    `snapdb history` shows it; the target was left as it was, so the record names no OID.
+
+    Best effort: the restore's own error is what the caller reports, so a store that cannot
+    take the record is logged, not raised."""
+    rec = restore_record(server, target, manifest)
+    rec.outcome = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    rec.error = error.message if isinstance(error, SnapdbError) else "interrupted"
+    rec.reached_revision = None
+    rec.started_at, rec.ended_at, rec.seconds = started.isoformat(), mf.utcnow().isoformat(), round(seconds, 3)
+    rec.restored_from_server = {k: manifest.server.get(k) for k in ("host", "port", "dbname", "system_identifier")}
+    rec.database = {"host": server.host, "port": server.port, "dbname": target, "oid": None}
+    try:
+        write_catalog(store, rec)
+    except SnapdbError as exc:
+        log.warning("could not record the failed restore in the store's catalog: %s", exc.message)
+
+
 def write_catalog(store: Store, rec: Record) -> None:
     """Publish `rec` as ``catalog/history/<record_id>.json`` (atomic; overwrites the same id)."""
     data = json.dumps(rec.to_json(), indent=1, ensure_ascii=False).encode("utf-8")
@@ -304,16 +361,17 @@ def find_rehearsal(store: Store, source: str, tag: str, checksum: str, max_age: 
     return None
 
 
-def find_restore(store: Store, server: dict, oid: int) -> Record | None:
+def find_restore(store: Store, server: dict, oid: int, records: list[Record] | None = None) -> Record | None:
     """The newest catalog record of a restore that produced the database with OID `oid` on the
-    server `server` ({"host", "port", "system_identifier"}); None if there is none.
+    server `server` ({"host", "port", "system_identifier"}); None if there is none. `records`:
+    the catalog already read (`list_catalog`), when looking up several databases.
 
     Restores of unmanaged sources write nothing into the copy, so this is how an upgrade of such
     a copy (the first release of an existing database) learns which snapshot it holds.
     """
     _E = Endpoint
     key = _E(params={"host": str(server.get("host")), "port": str(server.get("port"))}).server_key()
-    for rec in list_catalog(store):
+    for rec in list_catalog(store) if records is None else records:
         db = rec.database or {}
         if rec.operation != "restore" or rec.outcome != "succeeded" or db.get("oid") != oid:
             continue

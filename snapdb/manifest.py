@@ -96,6 +96,7 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
     seconds: float | None = None  # how long taking it took (format 2)
     database_bytes: int | None = None  # pg_database_size of the source when it was taken (format 2)
+    taken_by: dict | None = None  # {"os_user", "client_host"} of the snapdb run that took it (optional)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -134,6 +135,7 @@ class Manifest:
             "warnings": self.warnings,
             "seconds": self.seconds,
             "database_bytes": self.database_bytes,
+            "taken_by": self.taken_by,
             "totals": {"stored_bytes": self.stored_bytes, "raw_bytes": self.raw_bytes, "rows": self.rows},
         }
 
@@ -162,6 +164,7 @@ class Manifest:
                 warnings=list(data.get("warnings") or []),
                 seconds=data.get("seconds"),
                 database_bytes=data.get("database_bytes"),
+                taken_by=data.get("taken_by") if isinstance(data.get("taken_by"), dict) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed manifest: {exc}") from None

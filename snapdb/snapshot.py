@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from collections.abc import Callable
 import psycopg
 import psycopg.sql
 
-from . import faults, manifest as mf, pgtools, relations
+from . import faults, history, manifest as mf, pgtools, relations
 from .compression import READ_CHUNK, ZstdSink, digest
 from .config import Endpoint
 from .errors import IntegrityError, SourceError
@@ -226,6 +227,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         skipped=skipped,
         warnings=warnings,
         database_bytes=db_bytes,
+        taken_by={"os_user": history.os_user(), "client_host": socket.gethostname()},
     )
     manifest.seconds = round(time.monotonic() - started, 3)
     mf.write_manifest(store, manifest)

@@ -130,8 +130,8 @@ def predict(store, service: str, ep: Endpoint, size: int, rehearsal: history.Rec
         parts["snapshot"] = round(timed.seconds * scale, 3)
         basis["snapshot"] = f"snapshot {timed.id} took {timed.seconds:.1f} s for {_mb(timed.database_bytes)}"
     ids = {m.id for m in own}
-    rec = next((r for r in history.list_catalog(store) if r.operation == "restore" and r.restored_from in ids
-                and r.seconds is not None), None)
+    rec = next((r for r in history.list_catalog(store) if r.operation == "restore" and r.outcome == "succeeded"
+                and r.restored_from in ids and r.seconds is not None), None)
     if rec is not None:
         parts["restore"] = round(rec.seconds * scale, 3)
         basis["restore"] = f"restore {rec.record_id} took {rec.seconds:.1f} s"

@@ -1,4 +1,4 @@
-"""The operations verbs behind `snapdb.commands`: `prune`, `delete` and `monitor`.
+"""The operations verbs behind `snapdb.commands`: `prune`, `delete`, `monitor` and `history`.
 
 Each takes a `Config` first, returns a result object, raises `SnapdbError` subclasses and never
 prints; `snapdb.commands` re-exports them (``commands.prune(load_config(), dry_run=True)``).
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from .. import manifest as mf
-from ..config import Config, parse_duration
+from .. import manifest as mf, sources
+from ..config import Config, is_url, parse_duration
 from ..errors import ConfigError
 from ..store import Store, open_store
 from ..store.retention import Policy
-from . import monitor as mon, prune as pr
+from . import history_view as hv, monitor as mon, prune as pr
 
 
 def _open(cfg: Config, store: str | None) -> Store:
@@ -76,4 +76,28 @@ def monitor(cfg: Config, service: str | None = None, *, status: list[dict] | Non
     res = mon.evaluate(cfg, st, names, now or mf.utcnow(), status=status, max_age=limit, named=service is not None)
     if metrics:
         res.metrics_file = mon.write_metrics(metrics, mon.render_metrics(res))
+    return res
+
+
+def history(cfg: Config, service: str | None = None, *, limit: int | None = None,
+            store: str | None = None) -> hv.HistoryResult:
+    """List every snapshot, restore, upgrade, cutover and rollback on record, newest first, with
+    outcome, duration, who and where (of SERVICE only, if given: its own snapshots, and the
+    operations on it or its database).
+
+    Example: ``history(cfg, "service0-dev", limit=20)``
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be 1 or more")
+    st = _open(cfg, store)
+    if service is None:
+        manifests = mf.list_manifests(st)
+    elif service in cfg.services or is_url(service):
+        manifests = sources.of_source(cfg, service, st)[1]
+    else:  # a name no longer configured: what is filed or recorded under it
+        manifests = mf.list_manifests(st, service)
+    res = hv.collect(st, manifests, cfg=cfg, service=service, limit=limit)
+    if service is not None and not res.entries and service not in cfg.services and not is_url(service):
+        raise ConfigError(f"unknown service {service!r}: not configured, and nothing on record under that name",
+                          hint=f"services: {', '.join(sorted(cfg.services)) or 'none configured'}")
     return res
