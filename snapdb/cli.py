@@ -28,6 +28,7 @@ from rich.table import Table
 
 from . import __version__, commands
 from .config import load_config
+from .argv import normalize_args
 from .errors import IntegrityError, SnapdbError
 from .progress import NULL, Reporter
 
@@ -758,43 +759,6 @@ def history(
                    f"{e.service or e.database or '?'}" + (f" ({e.database})" if e.service and e.database else "")
                    + (f" snapshot {e.snapshot}" if e.snapshot else "") + (f" tag {e.tag}" if e.tag else "")
                    + f"  by {e.os_user or '?'}@{e.client_host or '?'}" + (f"  error: {e.error}" if e.error else ""))
-
-
-GLOBAL_FLAGS = ("--quiet", "-q", "--debug", "--version")
-GROUPS = ("release",)
-
-
-def normalize_args(argv: list[str]) -> list[str]:
-    """Let the global options (``--quiet``, ``-q``, ``--debug``, ``--config PATH``,
-    ``--version``) stand anywhere on the command line, and ``--json`` before the command too:
-    they are moved to where the parser expects them. Everything after ``--`` stays as it is."""
-    front: list[str] = []
-    rest: list[str] = []
-    json_flag = False
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--":
-            rest += argv[i:]
-            break
-        if a in GLOBAL_FLAGS:
-            front.append(a)
-        elif a == "--config" and i + 1 < len(argv):
-            front += [a, argv[i + 1]]
-            i += 1
-        elif a.startswith("--config="):
-            front.append(a)
-        elif a == "--json":
-            json_flag = True
-        else:
-            rest.append(a)
-        i += 1
-    if json_flag:
-        at = 0
-        if rest and not rest[0].startswith("-"):
-            at = 2 if rest[0] in GROUPS and len(rest) > 1 else 1
-        rest.insert(at, "--json")
-    return front + rest
 
 
 def _interrupt(signum, _frame) -> None:
