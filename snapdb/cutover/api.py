@@ -152,6 +152,7 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         raise ConfigError("--max-freeze needs --mode replicate (the snapshot mode's window holds the whole copy)")
     if not freeze_ and not dry_run:
         run.refuse_unfrozen()
+    refuse_manual_freeze(store, service, "cut it over")
     old = journal.Journal.load(store, service)
     if old is not None and old.state in ("running", "aborting"):
         journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
@@ -322,6 +323,15 @@ def unfreeze_service(cfg: Config, service: str, store: Store, *, maintenance_db:
         freeze.release(maint, st)
     store.delete(_freeze_key(service))
     return FreezeResult(service, False, st.mode, st.started_at)
+
+
+def refuse_manual_freeze(store: Store, service: str, what: str) -> None:
+    """Refuse (`RefusedError`) while `snapdb freeze SERVICE` holds a manual window: a cutover
+    would take the frozen settings for the originals (and keep them after its swap)."""
+    st = _manual(store, service)
+    if st is not None:
+        raise RefusedError(f"{service!r} is frozen by `snapdb freeze` (since {st.started_at}); refusing to {what}",
+                           hint=f"end the manual freeze first: snapdb unfreeze {service}; nothing was changed")
 
 
 def _manual(store: Store, service: str) -> freeze.FreezeState | None:

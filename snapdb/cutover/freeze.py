@@ -240,12 +240,26 @@ def terminate_others(conn: psycopg.Connection, st: FreezeState) -> int:
     return n
 
 
+def refuse_prepared(conn: psycopg.Connection, dbname: str) -> None:
+    """Raise `RefusedError` naming the first prepared transaction on `dbname`, if any: one
+    survives every drain and termination, could still commit on A, and holds its locks (the
+    table locks would wait for it until their timeout)."""
+    gids = [r[0] for r in conn.execute(
+        "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = %s ORDER BY prepared", (dbname,))]
+    if gids:
+        more = f" (and {len(gids) - 1} more: {', '.join(gids[1:6])})" if len(gids) > 1 else ""
+        raise RefusedError(f"prepared transaction {gids[0]} exists on {dbname!r}{more}: it could still commit there "
+                           "after the freeze", hint=f"COMMIT PREPARED or ROLLBACK PREPARED '{gids[0]}', then start again")
+
+
 def drain(conn: psycopg.Connection, st: FreezeState, timeout: float) -> dict:
     """Layer 3: wait up to `timeout` seconds until no other session on A is inside a
-    transaction, then terminate every other session. Returns what was found."""
+    transaction, then terminate every other session. Returns what was found. A prepared
+    transaction (no session to wait for or end) fails it at once (`refuse_prepared`)."""
     deadline = time.monotonic() + max(0.0, timeout)
     waited_for = 0
     while True:
+        refuse_prepared(conn, st.dbname)
         busy = [s for s in others(conn, st) if s[4]]
         waited_for = max(waited_for, len(busy))
         if not busy or time.monotonic() >= deadline:
@@ -265,6 +279,7 @@ class Hold:
         self._gate: threading.Thread | None = None
         self._maint_ep = maint
         with control_session(maint, TargetError) as helper:
+            refuse_prepared(helper, st.dbname)  # its locks would make ours wait until the timeout
             self._hold = TableHold(_own(ep, st), st.dbname, "EXCLUSIVE", TargetError, timeout=timeout,
                                    on_wait=lambda _pid: terminate_others(helper, st))
         self.conn = self._hold.conn

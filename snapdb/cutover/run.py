@@ -207,6 +207,7 @@ def _freeze(ctx: Context, keep_apps: tuple[str, ...] = ()) -> None:
     ctx.st = st
     a_oid = ctx.maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ctx.dbname,)).fetchone()[0]
     j.note(ctx.store, freeze=st.to_json(), a_oid=int(a_oid))  # what to undo, before anything changes
+    freeze.refuse_prepared(ctx.maint, ctx.dbname)  # before the slot, which would wait for it
     slot = proof.slot_name(j.id)
     with connect(freeze.own_endpoint(ctx.ep, st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
         lsn, why = proof.create_slot(conn, slot, timeout=max(5.0, j.facts.get("drain_timeout", 5.0)))
