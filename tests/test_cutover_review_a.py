@@ -8,7 +8,6 @@ import shlex
 import sys
 import time
 
-import psycopg
 
 from .cutoverenv import make_env
 from .dbcompare import database_props
@@ -39,8 +38,6 @@ def _cutovers(env) -> bool:
 
 # -- 6. a prepared transaction created between preflight and the freeze -------------------------------
 def test_prepared_transaction_before_the_freeze_fails_fast(pg, tmp_path, dbname):
-    from .cutoverenv import Env  # noqa: F401
-
     app = pg.conninfo(dbname).replace("user=postgres", "user=lh_app")
     code = (f"import psycopg\nc = psycopg.connect({app!r})\n"
             "c.execute(\"INSERT INTO lh.events VALUES (gen_random_uuid(), 77, 1)\")\n"
@@ -72,3 +69,61 @@ def test_cutover_refused_while_manually_frozen(pg, tmp_path, dbname):
     assert database_props(pg, env.prod) == frozen and env.revision() == V10
     assert set(env.databases()) == {env.prod, env.dev} and not _cutovers(env)
     assert env.cli("unfreeze", "prod").returncode == 0
+
+
+# -- 3. database names near the 63-byte limit ----------------------------------------------------------
+LONG = "sérvice_" + "é" * 22 + "x" * 7  # 60 bytes, multibyte
+
+
+def test_side_names_of_a_long_name_fit_and_are_recognised():
+    from datetime import datetime, timezone
+
+    from snapdb import names
+
+    assert len(LONG.encode()) == 60
+    when = datetime(2026, 12, 1, 13, 40, 5, tzinfo=timezone.utc)
+    other = names.truncate_bytes(LONG, 50) + "yyyyyy"  # shares a 50-byte prefix
+    for target in (LONG, "short", "a" * 63):
+        pre, rb, tmp, prev = (names.pre_name(target, "v2.0", when), names.rolledback_name(target, when),
+                              names.tmp_name(target), names.prev_name(target, when))
+        for n in (pre, rb, tmp, prev):
+            assert len(n.encode()) <= 63 and n.encode().decode() == n, n
+        assert names.is_pre_of(target, pre) and names.is_rolledback_of(target, rb) and names.is_prev_of(target, prev)
+        assert names.looks_like_set_aside(pre) and names.looks_like_set_aside(rb)
+        assert not names.is_pre_of(target, rb) and not names.is_rolledback_of(target, pre)
+        assert not names.is_pre_of(target, target) and not names.is_rolledback_of(target, target)
+        if target != "short":
+            assert not names.is_pre_of(other, pre) and not names.is_rolledback_of(other, rb)
+            assert not names.is_prev_of(other, prev)
+            po, ro = names.pre_name(other, "v2.0", when), names.rolledback_name(other, when)
+            assert not names.is_pre_of(target, po) and not names.is_rolledback_of(target, ro)
+        for tag in ("v1.0", "release-2026.12-hotfix_3"):
+            assert names.is_pre_of(target, names.pre_name(target, tag, when))
+    assert names.pre_name(LONG, "v2.0", when) != names.pre_name(other, "v2.0", when)
+
+
+def test_cutover_and_rollback_of_a_60_byte_multibyte_name(pg, tmp_path):
+    from snapdb import names
+
+    from .cutoverenv import make_env_named
+
+    prod = names.truncate_bytes(LONG, 56) + str(time.time_ns() % 10000).rjust(4, "0")
+    prod = prod + "x" * (60 - len(prod.encode()))
+    assert len(prod.encode()) == 60
+    env = make_env_named(pg, tmp_path, prod, prod[:20] + "_dev")
+    a_oid = env.oid(prod)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    aside = res["set_aside"]
+    assert env.oid(aside) == a_oid and len(aside.encode()) <= 63 and names.is_pre_of(prod, aside)
+    assert env.revision(prod) == V20
+    [s] = json.loads(env.cli("status", "prod", "--json").stdout)["services"]
+    assert [x["name"] for x in s["set_aside"]] == [aside], s
+    r = env.cli("rollback", "prod", "--json")
+    assert r.returncode == 0, r.stderr
+    rb = json.loads(r.stdout)
+    assert env.oid(prod) == a_oid and env.revision(prod) == V10
+    assert len(rb["set_aside"].encode()) <= 63 and names.is_rolledback_of(prod, rb["set_aside"])
+    [s] = json.loads(env.cli("status", "prod", "--json").stdout)["services"]
+    assert [x["name"] for x in s["set_aside"]] == [rb["set_aside"]], s
