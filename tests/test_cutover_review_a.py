@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 
+import psycopg
 
 from .cutoverenv import make_env
 from .dbcompare import database_props
@@ -127,3 +128,83 @@ def test_cutover_and_rollback_of_a_60_byte_multibyte_name(pg, tmp_path):
     assert len(rb["set_aside"].encode()) <= 63 and names.is_rolledback_of(prod, rb["set_aside"])
     [s] = json.loads(env.cli("status", "prod", "--json").stdout)["services"]
     assert [x["name"] for x in s["set_aside"]] == [rb["set_aside"]], s
+
+
+# -- 1, 2. writes the table locks cannot stop: large objects, GRANTs, DDL ----------------------------------
+def _su_hook(pg, dbname: str, statements: list[str]) -> str:
+    """A hook that runs `statements` as a superuser on `dbname`, bypassing the read-only default."""
+    code = (f"import psycopg\nc = psycopg.connect({pg.conninfo(dbname)!r}, autocommit=True, "
+            "options='-c default_transaction_read_only=off')\n"
+            + "".join(f"c.execute({q!r})\n" for q in statements))
+    return _py_hook(code)
+
+
+def _aborted_unchanged(env, r, props, text: str) -> None:
+    assert r.returncode == 12, r.stderr
+    assert "not unchanged since the freeze point" in r.stderr and text in r.stderr, r.stderr
+    assert database_props(env.pg, env.prod) == props and env.revision() == V10  # A unfrozen, as it was
+    assert set(env.databases()) == {env.prod, env.dev}  # B removed
+    assert env.journal()["state"] == "aborted"
+
+
+def test_large_object_written_during_the_freeze_aborts(pg, tmp_path, dbname):
+    hooks = _hooks(after_freeze=_su_hook(pg, dbname, [
+        "SELECT lo_put((SELECT max(oid) FROM pg_largeobject_metadata), 0, 'CHANGED!')"]))
+    env = make_env(pg, tmp_path, dbname, hooks=hooks, rehearse=False)
+    with pg.connect(dbname) as conn:
+        lo = conn.execute("SELECT lo_from_bytea(0, 'original')").fetchone()[0]
+    for args in (["snapshot", "prod"], ["restore", "--into", "dev", "--from", "prod"], ["upgrade", "dev", "--to", "v2.0"]):
+        assert env.cli(*args).returncode == 0
+    props = database_props(pg, env.prod)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze")
+    _aborted_unchanged(env, r, props, "large-object contents")
+    with pg.connect(dbname) as conn:  # the write stays where it was made: nothing lost
+        assert bytes(conn.execute("SELECT lo_get(%s)", (lo,)).fetchone()[0]) == b"CHANGED!"
+
+
+def test_grant_and_ddl_during_the_freeze_abort(pg, tmp_path, dbname):
+    hooks = _hooks(after_freeze=_su_hook(pg, dbname, [
+        "GRANT SELECT ON lh.items TO PUBLIC",
+        "CREATE FUNCTION public.sneaky() RETURNS int LANGUAGE sql AS 'SELECT 1'"]))
+    env = make_env(pg, tmp_path, dbname, hooks=hooks)
+    props = database_props(pg, env.prod)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze")
+    _aborted_unchanged(env, r, props, "relation lh.items")
+    assert "sneaky" in r.stderr or "and 1 more" in r.stderr or "and 2 more" in r.stderr, r.stderr
+
+
+def test_create_index_while_a_cutover_was_interrupted_aborts_the_resume(pg, tmp_path, dbname):
+    """A CREATE INDEX waits for the freeze's table locks; once a killed run lost them, one can
+    commit before --resume takes them again: the resume must see it."""
+    import signal
+
+    env = make_env(pg, tmp_path, dbname)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", env={"SNAPDB_KILL_AT": "cutover:snapshot"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    with psycopg.connect(pg.conninfo(dbname), autocommit=True, options="-c default_transaction_read_only=off") as c:
+        c.execute("CREATE INDEX sneaky_idx ON lh.items (n)")
+    r = env.cli("cutover", "prod", "--resume")
+    assert r.returncode == 12, r.stderr
+    assert "sneaky_idx" in r.stderr, r.stderr
+    assert env.revision() == V10 and set(env.databases()) == {env.prod, env.dev}
+
+
+# -- 5. no WAL decoding: the weaker proof is said, not silent ------------------------------------------------
+def test_cutover_without_logical_wal_warns_in_json_and_receipt(pg2, tmp_path, dbname):
+    with pg2.connect() as conn:
+        assert conn.execute("SHOW wal_level").fetchone()[0] == "replica"
+    env = make_env(pg2, tmp_path, dbname)
+    text = "proof by counters and catalog fingerprint only: wal_level is replica"
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--dry-run", "--json")
+    assert r.returncode == 0 and any(text in w for w in json.loads(r.stdout)["warnings"]), r.stdout
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["outcome"] == "done" and [w for w in res["warnings"] if text in w], res["warnings"]
+    assert len([w for w in res["warnings"] if "proof by counters" in w]) == 1, res["warnings"]
+    receipt = json.loads((env.store / "catalog" / "receipts" / f"{res['id']}.json").read_text())
+    assert [w for w in receipt["warnings"] if text in w], receipt.get("warnings")
+    r = env.cli("rollback", "prod")
+    assert r.returncode == 0, r.stderr
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze")  # the text output says it too
+    assert r.returncode == 0 and f"warning: {text}" in r.stderr, r.stderr

@@ -60,6 +60,8 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
                 sysid = system_identifier(conn)
                 problems, warnings = planning.check_database(conn, ep.dbname, {conn.info.backend_pid})
                 can_decode, why = planning.proof_available(conn)
+                lo_readable = conn.execute(
+                    "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_largeobject', 'SELECT')").fetchone()[0]
                 size = planning.size_of(conn, ep.dbname)
                 free = planning.free_disk(conn, ep)
                 busy = conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND "
@@ -87,8 +89,10 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
     elif free is None:
         warnings.append(f"free disk on the server could not be checked (the new database needs about {size / 1e9:.2f} GB)")
     if not can_decode:
-        warnings.append(f"the proof that nothing was written after the freeze cannot decode WAL ({why}); it relies "
-                        "on the table locks and the catalog fingerprint")
+        warnings.append(run.weak_proof(why))
+    if not lo_readable:
+        warnings.append("the proof does not cover large-object contents: the admin role cannot read pg_largeobject "
+                        "(superusers can), so a write into an existing large object during the freeze would go unseen")
     planning.raise_problems(service, problems)
     prediction = planning.predict(store, service, ep, size, rehearsal, drain_timeout, own, busy)
     if rep is not None:
@@ -162,7 +166,7 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
                                  predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
     j = journal.Journal.start(store, service, tag, mode, freeze_mode)
-    j.facts.update(timeout=timeout, drain_timeout=drain_timeout)
+    j.facts.update(timeout=timeout, drain_timeout=drain_timeout, warnings=list(p.warnings))
     if mode == "replicate":
         from .replicate import rep_name
 

@@ -212,6 +212,9 @@ def _freeze(ctx: Context, keep_apps: tuple[str, ...] = ()) -> None:
     with connect(freeze.own_endpoint(ctx.ep, st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
         lsn, why = proof.create_slot(conn, slot, timeout=max(5.0, j.facts.get("drain_timeout", 5.0)))
     j.note(ctx.store, slot=slot if lsn else None, slot_lsn=lsn, slot_missing=why)
+    if why and not any(w.startswith(WEAK_PROOF) for w in j.facts.get("warnings", [])):
+        ctx.result.warnings.append(weak_proof(why))
+        j.note(ctx.store, warnings=j.facts.get("warnings", []) + [weak_proof(why)])
     freeze.apply(ctx.maint, st)
     j.note(ctx.store, freeze=st.to_json())
     drained = freeze.drain(ctx.maint, st, float(j.facts.get("drain_timeout", 5.0)))
@@ -254,7 +257,7 @@ def _changes_since_freeze(ctx: Context) -> list[str]:
     """What A took after the freeze point: decoded row changes and catalog differences."""
     j = ctx.j
     point = j.facts["freeze_point"]
-    out = proof.diff(point["fingerprint"], proof.fingerprint(ctx.hold.conn))
+    out = proof.diff(point["fingerprint"], proof.fingerprint(ctx.hold.conn, since=point["fingerprint"]))
     if j.facts.get("slot"):
         with connect(freeze.own_endpoint(ctx.ep, ctx.st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
             out += [f"row change after the freeze: {w}" for w in proof.writes_after(conn, j.facts["slot"], point["lsn"])]
@@ -448,6 +451,7 @@ def _finish(ctx: Context) -> None:
         "steps": [asdict(s) for s in j.steps], "set_aside": j.facts.get("set_aside"),
         "upgrade": j.facts.get("upgrade"), "hooks": j.facts.get("hooks", []), "os_user": j.os_user,
         "client_host": j.client_host, "started_at": j.started_at, "snapdb_version": j.snapdb_version,
+        "warnings": j.facts.get("warnings", []),
     }
     key = journal.write_receipt(ctx.store, receipt)
     rec = history.new_record("cutover", ctx.ep, tag=j.tag, restored_from=m.id, restored_from_source=ctx.service,
@@ -549,6 +553,15 @@ def close_context(ctx: Context) -> None:
     if ctx.b_maint is not None:
         ctx.b_maint.close()
     ctx.maint.close()
+
+
+WEAK_PROOF = "proof by counters and catalog fingerprint only"
+
+
+def weak_proof(why: str) -> str:
+    """The warning of a cutover whose proof cannot decode WAL (`why`: wal_level, slots, rights)."""
+    return (f"{WEAK_PROOF}: {why} (no decoded WAL: writes are held by the table locks, and A is compared with the "
+            "snapshot in full before the swap)")
 
 
 def refuse_unfrozen() -> None:
