@@ -208,3 +208,45 @@ def test_cutover_without_logical_wal_warns_in_json_and_receipt(pg2, tmp_path, db
     assert r.returncode == 0, r.stderr
     r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze")  # the text output says it too
     assert r.returncode == 0 and f"warning: {text}" in r.stderr, r.stderr
+
+
+# -- 9. two cutovers at once ---------------------------------------------------------------------------------
+def test_concurrent_cutovers_one_proceeds(pg, tmp_path, dbname):
+    from .conftest import pause_env, popen_cli, wait_for
+
+    env = make_env(pg, tmp_path, dbname)
+    faults, penv = pause_env(tmp_path, "cutover:preflighted")  # the first has passed preflight
+    first = popen_cli("--config", env.cfg, "cutover", "prod", "--to", "v2.0", "--freeze", "--json", env=penv)
+    try:
+        wait_for(faults / "cutover:preflighted.reached", first)
+        r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze")
+        assert r.returncode == 9, r.stderr
+        assert "holds the lock" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+        assert env.revision() == V10 and not _cutovers(env)
+        (faults / "cutover:preflighted.go").touch()
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    res = json.loads(out)
+    assert res["outcome"] == "done" and env.revision() == V20
+    j = env.journal()
+    assert j["id"] == res["id"] and j["state"] == "done"
+
+
+def test_a_run_never_overwrites_another_runs_journal(tmp_path):
+    import pytest
+
+    from snapdb.cutover import journal
+    from snapdb.errors import BusyError
+    from snapdb.store import open_store
+
+    st = open_store(str(tmp_path / "store"))
+    mine = journal.Journal.start(st, "prod", "v2.0", "snapshot", "read-only")
+    other = journal.Journal(id="20261201T000000Z-abcdef", service="prod", tag="v2.0", mode="snapshot",
+                            freeze_mode="read-only", started_at=mine.started_at)
+    with pytest.raises(BusyError, match="belongs to another cutover"):
+        other.close(st, "aborted")
+    assert journal.Journal.load(st, "prod").id == mine.id and journal.Journal.load(st, "prod").state == "running"
+    mine.close(st, "done")

@@ -16,7 +16,7 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from .. import history, locks, manifest as mf, names
+from .. import faults, history, locks, manifest as mf, names
 from ..config import Config, Endpoint
 from ..errors import BusyError, ConfigError, RefusedError, SnapdbError, TargetError
 from ..ledger import Ledger, check_tag
@@ -156,15 +156,44 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         raise ConfigError("--max-freeze needs --mode replicate (the snapshot mode's window holds the whole copy)")
     if not freeze_ and not dry_run:
         run.refuse_unfrozen()
-    refuse_manual_freeze(store, service, "cut it over")
-    old = journal.Journal.load(store, service)
-    if old is not None and old.state in ("running", "aborting"):
-        journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
-    p = preflight(cfg, service, tag, store, mdir, own, freeze_mode=freeze_mode, drain_timeout=drain_timeout,
-                  timeout=timeout, mode=mode, max_freeze=max_freeze, to_server=to_server)
-    if dry_run:
-        return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
-                                 predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
+    # the service's lock before the checks: two runs cannot both pass preflight and both start
+    maint = None if dry_run else _locked_session(cfg, service, maintenance_db)
+    try:
+        refuse_manual_freeze(store, service, "cut it over")
+        old = journal.Journal.load(store, service)
+        if old is not None and old.state in ("running", "aborting"):
+            journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
+        p = preflight(cfg, service, tag, store, mdir, own, freeze_mode=freeze_mode, drain_timeout=drain_timeout,
+                      timeout=timeout, mode=mode, max_freeze=max_freeze, to_server=to_server)
+        if dry_run:
+            return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
+                                     predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
+        faults.checkpoint("cutover:preflighted")
+        return _start_locked(cfg, service, tag, store, mdir, p, maint, freeze_mode=freeze_mode, timeout=timeout,
+                             drain_timeout=drain_timeout, jobs=jobs, maintenance_db=maintenance_db,
+                             release_probe=release_probe, reporter=reporter, mode=mode, to_server=to_server,
+                             catchup_timeout=catchup_timeout)
+    except BaseException:
+        if maint is not None:
+            maint.close()
+        raise
+
+
+def _locked_session(cfg: Config, service: str, maintenance_db: str) -> psycopg.Connection:
+    """A session on the maintenance database holding the service's server-wide lock (`locks`)."""
+    ep = _service(cfg, service).admin()
+    maint = control_session(ep, TargetError, dbname=maintenance_db)
+    try:
+        locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
+    except BaseException:
+        maint.close()
+        raise
+    return maint
+
+
+def _start_locked(cfg, service, tag, store, mdir, p, maint, *, freeze_mode, timeout, drain_timeout, jobs,
+                  maintenance_db, release_probe, reporter, mode, to_server, catchup_timeout) -> run.CutoverResult:
+    """The cutover after its preflight, under the lock `maint` holds (handed to the context)."""
     j = journal.Journal.start(store, service, tag, mode, freeze_mode)
     j.facts.update(timeout=timeout, drain_timeout=drain_timeout, warnings=list(p.warnings))
     if mode == "replicate":
@@ -175,7 +204,7 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         j.save(store)
     try:
         ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
-                               release_probe=release_probe, mdir=mdir)
+                               release_probe=release_probe, mdir=mdir, maint=maint)
     except BaseException:
         j.close(store, "aborted")
         raise

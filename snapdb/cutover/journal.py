@@ -98,6 +98,13 @@ class Journal:
         return cls(**data)
 
     def save(self, store: Store) -> None:
+        """Rewrite the journal; refuses (`BusyError`) to overwrite another run's unfinished one,
+        so a run only ever records (and closes) the cutover it owns."""
+        current = type(self).load(store, self.service)
+        if current is not None and current.id != self.id and current.state in ("running", "aborting"):
+            raise BusyError(f"the journal of {self.service!r} belongs to another cutover (id {current.id}, at step "
+                            f"{current.step}); this run (id {self.id}) leaves it alone",
+                            hint=f"`snapdb status {self.service}` shows it")
         data = json.dumps(asdict(self), indent=1, ensure_ascii=False, default=str).encode("utf-8")
         with store.writer(self.key(self.service)) as f:
             f.write(data)

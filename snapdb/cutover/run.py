@@ -518,19 +518,22 @@ def abort_before_swap(ctx: Context, reason: str) -> None:
 
 # -- entry points -------------------------------------------------------------------------------------------
 def open_context(cfg: Config, service: str, store: Store, j: journal.Journal, *, jobs: int, reporter: Reporter,
-                 maintenance_db: str, release_probe: Callable | None, mdir) -> Context:
-    """Take the service's lock and gather what the steps share."""
+                 maintenance_db: str, release_probe: Callable | None, mdir,
+                 maint: psycopg.Connection | None = None) -> Context:
+    """Take the service's lock (unless `maint` is a session that holds it already, which the
+    context then owns) and gather what the steps share."""
     if service not in cfg.services:
         raise ConfigError(f"unknown service {service!r} (services: {', '.join(sorted(cfg.services)) or 'none'})",
                           hint="a cutover switches a service from snapdb.toml")
     svc = cfg.services[service]
     ep = svc.admin()
-    maint = control_session(ep, TargetError, dbname=maintenance_db)
-    try:
-        locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
-    except BaseException:
-        maint.close()
-        raise
+    if maint is None:
+        maint = control_session(ep, TargetError, dbname=maintenance_db)
+        try:
+            locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
+        except BaseException:
+            maint.close()
+            raise
     ctx = Context(cfg=cfg, service=service, svc=svc, ep=ep, store=store, j=j, maint=maint,
                   maintenance_db=maintenance_db, jobs=jobs, reporter=reporter, release_probe=release_probe, mdir=mdir)
     timeout = j.facts.get("timeout")
