@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from . import gitsource, history, sources
+from . import gitsource, history, names, sources
 from . import manifest as mf
 from .config import Config, Endpoint, format_duration, is_url
 from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
@@ -210,6 +210,17 @@ def _check_target_allowed(cfg: Config, into: str, ep: Endpoint, dbname: str, m: 
         )
 
 
+def _refuse_during_cutover(cfg: Config, st: Store, ep: Endpoint, dbname: str, what: str) -> None:
+    """Refuse to change a service's database (or its cutover's new one) while a cutover of it
+    is unfinished or a manual freeze is in place (`journal.refuse_while_busy`)."""
+    from .cutover import journal
+
+    for name, svc in cfg.services.items():
+        if ep.server_key() in {svc.server_key(), svc.admin().server_key()} and dbname in (
+                svc.dbname, names.tmp_name(svc.dbname)):
+            journal.refuse_while_busy(st, name, what)
+
+
 def restore(
     cfg: Config,
     into: str,
@@ -247,6 +258,7 @@ def restore(
     if not valid_dbname(dbname):
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
+    _refuse_during_cutover(cfg, st, ep, dbname, f"restore into {dbname!r}")
     role_map = cfg.services[into].role_map if into in cfg.services else (
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
@@ -402,6 +414,8 @@ def upgrade(
     changes = not (dry_run or sql)
     st = _store(cfg, store, read=False) if (changes or prod) else None
     where = ep.name or ep.display()
+    if changes:
+        _refuse_during_cutover(cfg, st, ep.admin(), ep.dbname, f"upgrade {where}")
     with contextlib.ExitStack() as stack:
         scripts = stack.enter_context(releases.open_scripts(mdir, to))
         releases.check_release(rel, scripts)

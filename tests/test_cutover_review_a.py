@@ -250,3 +250,43 @@ def test_a_run_never_overwrites_another_runs_journal(tmp_path):
         other.close(st, "aborted")
     assert journal.Journal.load(st, "prod").id == mine.id and journal.Journal.load(st, "prod").state == "running"
     mine.close(st, "done")
+
+
+# -- 8. restore and upgrade of a database a cutover or a manual freeze holds -----------------------------------
+def test_restore_and_upgrade_refused_while_a_cutover_is_unfinished_or_frozen(pg, tmp_path, dbname):
+    import signal
+
+    from snapdb import names
+
+    env = make_env(pg, tmp_path, dbname, rehearse=False)  # dev stays at v1.0: it is the one cut over
+    r = env.cli("cutover", "dev", "--to", "v2.0", "--freeze", env={"SNAPDB_KILL_AT": "cutover:build"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+    def refused(args, code, text):
+        before = {d: env.oid(d) for d in env.databases()}
+        r = env.cli(*args)
+        assert r.returncode == code and text in r.stderr, (args, r.returncode, r.stderr)
+        assert {d: env.oid(d) for d in env.databases()} == before and env.revision(env.dev) == V10
+
+    # (--drop-slots: the cutover's proof slot on dev would refuse it for another reason)
+    refused(["restore", "--into", "dev", "--from", "prod", "--drop-slots"], 9, "a cutover of 'dev' to v2.0")
+    refused(["upgrade", "dev", "--to", "v2.0"], 9, "a cutover of 'dev' to v2.0")
+    refused(["restore", "--into", names.tmp_name(env.dev), "--server", "dev", "--from", "prod"], 8, "side databases")
+    assert env.cli("cutover", "dev", "--abort").returncode == 0
+
+    assert env.cli("freeze", "dev", "--drain-timeout", "0").returncode == 0
+    refused(["restore", "--into", "dev", "--from", "prod"], 8, "frozen by `snapdb freeze`")
+    refused(["upgrade", "dev", "--to", "v2.0"], 8, "frozen by `snapdb freeze`")
+    assert env.cli("unfreeze", "dev").returncode == 0
+    assert env.cli("upgrade", "dev", "--to", "v2.0").returncode == 0  # free again
+
+    # the production service: its own upgrade while its cutover is unfinished
+    r = env.cli("restore", "--into", "dev", "--from", "prod")
+    assert r.returncode == 0, r.stderr
+    assert env.cli("upgrade", "dev", "--to", "v2.0").returncode == 0
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", env={"SNAPDB_KILL_AT": "cutover:snapshot"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    r = env.cli("upgrade", "prod", "--to", "v2.0")
+    assert r.returncode == 9 and "a cutover of 'prod'" in r.stderr, r.stderr
+    assert env.revision() == V10
+    assert env.cli("cutover", "prod", "--abort").returncode == 0

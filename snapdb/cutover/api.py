@@ -296,11 +296,8 @@ def finish_window(cfg: Config, service: str, store: Store, *, maintenance_db: st
 
 
 # -- manual freeze ------------------------------------------------------------------------------------------
-FREEZES = "catalog/freezes/"
-
-
-def _freeze_key(service: str) -> str:
-    return f"{FREEZES}{journal.service_key(service)}.json"
+FREEZES = journal.FREEZES
+_freeze_key = journal.freeze_key
 
 
 @dataclass

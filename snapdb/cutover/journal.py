@@ -167,6 +167,35 @@ class Journal:
             f.write(data)
 
 
+FREEZES = "catalog/freezes/"
+
+
+def freeze_key(service: str) -> str:
+    """Where a manual freeze of `service` (`snapdb freeze`) records what it changed."""
+    return f"{FREEZES}{service_key(service)}.json"
+
+
+def refuse_while_busy(store: Store, service: str, what: str) -> None:
+    """Refuse to `what` (a restore into, an upgrade of) `service` while a cutover of it is
+    unfinished (`BusyError`: it owns the database, even when no process runs it) or a manual
+    freeze is in place (`RefusedError`); nothing is changed. Light: no PostgreSQL, no alembic."""
+    from ..errors import RefusedError
+
+    j = Journal.load(store, service)
+    if j is not None and j.state in ("running", "aborting"):
+        raise BusyError(f"refusing to {what}: a cutover of {service!r} to {j.tag} (id {j.id}) is unfinished, "
+                        f"at step {j.step}",
+                        hint=f"finish it (`snapdb cutover {service} --resume`) or undo it (`--abort`) first; "
+                             "nothing was changed")
+    try:
+        with store.reader(freeze_key(service)) as f:
+            since = json.loads(f.read()).get("started_at")
+    except MissingError:
+        return
+    raise RefusedError(f"refusing to {what}: {service!r} is frozen by `snapdb freeze` (since {since})",
+                       hint=f"end the manual freeze first: snapdb unfreeze {service}; nothing was changed")
+
+
 def write_receipt(store: Store, receipt: dict) -> str:
     """Publish a cutover receipt; return its key."""
     key = f"{RECEIPTS}{receipt['id']}.json"
