@@ -290,3 +290,41 @@ def test_restore_and_upgrade_refused_while_a_cutover_is_unfinished_or_frozen(pg,
     assert r.returncode == 9 and "a cutover of 'prod'" in r.stderr, r.stderr
     assert env.revision() == V10
     assert env.cli("cutover", "prod", "--abort").returncode == 0
+
+
+# -- 4. an admin role that cannot see other roles' sessions ------------------------------------------------------
+def test_preflight_refuses_an_admin_blind_to_other_sessions(pg, tmp_path, dbname):
+    from snapdb.cutover import freeze
+    from snapdb.errors import RefusedError
+
+    from .conftest import ensure_roles
+    from .cutoverenv import make_env_named
+
+    ensure_roles(pg, "rva_admin", options="LOGIN CREATEDB")
+    pg.psql("GRANT pg_signal_backend TO rva_admin; REVOKE pg_read_all_stats FROM rva_admin")
+    env = make_env_named(pg, tmp_path, dbname, dbname + "_dev", admin_user="rva_admin")
+    props = database_props(pg, env.prod)
+    for args in (["cutover", "prod", "--to", "v2.0", "--freeze"], ["freeze", "prod"]):
+        r = env.cli(*args)
+        assert r.returncode == 8, (args, r.stderr)
+        assert "cannot see other roles' sessions" in r.stderr and "GRANT pg_read_all_stats" in r.stderr, r.stderr
+        assert database_props(pg, env.prod) == props and env.revision() == V10 and not _cutovers(env)
+    conninfo = pg.conninfo(dbname).replace("user=postgres", "user=rva_admin")
+    with psycopg.connect(env.app()) as app, psycopg.connect(conninfo, autocommit=True) as conn:
+        app.execute("INSERT INTO lh.items (worker, n) VALUES (1, 1)")  # holds a transaction ID, uncommitted
+        pid = app.info.backend_pid
+        # why: as this role the drain cannot tell a session inside a transaction (xact_start and state
+        # are hidden); backend_xid stays visible to every role, so the xid probe itself is not blind
+        assert conn.execute("SELECT backend_xid IS NOT NULL, xact_start IS NOT NULL, state FROM pg_stat_activity "
+                            "WHERE pid = %s", (pid,)).fetchone() == (True, False, None)
+        app.rollback()
+        try:
+            freeze.require_session_visibility(conn)
+            raise AssertionError("not refused")
+        except RefusedError:
+            pass
+        pg.psql("GRANT pg_read_all_stats TO rva_admin")
+        try:
+            freeze.require_session_visibility(conn)  # with the grant it can see them
+        finally:
+            pg.psql("REVOKE pg_read_all_stats FROM rva_admin")

@@ -54,6 +54,7 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
     with releases.open_scripts(mdir, tag) as scripts:
         releases.check_release(rel, scripts)
         with control_session(ep, TargetError) as conn:
+            freeze.require_session_visibility(conn)  # the drain and the probes are blind otherwise
             try:
                 current = migrate.single_revision(alembic_revisions(conn), service)
                 steps = migrate.plan(scripts, current, rel.revision, ledger.tag_for, service)
@@ -328,6 +329,7 @@ def freeze_service(cfg: Config, service: str, store: Store, *, mode: str, drain_
     if _manual(store, service) is not None:
         raise RefusedError(f"{service!r} is already frozen (snapdb unfreeze {service} ends it)")
     with control_session(ep, TargetError, dbname=maintenance_db) as maint:
+        freeze.require_session_visibility(maint)
         locks.acquire(maint, ep.dbname, "freeze", repr(service))
         st = freeze.capture(maint, ep.dbname, mode)
         _save_manual(store, service, st)  # before anything changes: unfreeze can always undo it

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import Endpoint
+from ..names import quote_ident
 from ..errors import RefusedError, SnapdbError, TargetError
 from ..hold import TableHold
 from ..manifest import utcnow
@@ -238,6 +239,23 @@ def terminate_others(conn: psycopg.Connection, st: FreezeState) -> int:
             raise TargetError(f"cannot end session {pid} on {st.dbname!r}: {first_line(exc)}",
                               hint="the role needs pg_signal_backend (or to be a superuser)") from None
     return n
+
+
+def require_session_visibility(conn: psycopg.Connection) -> None:
+    """Refuse (`RefusedError`) unless snapdb's role sees every session's details: without
+    superuser or pg_read_all_stats, pg_stat_activity hides other roles' state, xact_start and
+    query, so the drain cannot tell a session inside a transaction from an idle one (it would
+    end them all at once, whatever --drain-timeout says) and the plan's busy count reads 0.
+    (backend_xid is shown to every role: the probe's transaction-ID check is not blind.)"""
+    user, sees = conn.execute(
+        "SELECT current_user, rolsuper OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+        "FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    if not sees:
+        raise RefusedError(
+            f"snapdb's role {user!r} cannot see other roles' sessions in pg_stat_activity (their state, "
+            "transaction start and query are hidden), so the freeze's drain would be blind",
+            hint=f"GRANT pg_read_all_stats, pg_signal_backend TO {quote_ident(user)} (or use a superuser); nothing "
+                 "was changed")
 
 
 def refuse_prepared(conn: psycopg.Connection, dbname: str) -> None:
