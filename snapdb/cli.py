@@ -599,6 +599,11 @@ def status(
                 + (f", cutover {cut['id']} to {cut['tag']} {cut['state']} at {cut['step']}"
                    if cut and cut.get("state") in ("running", "aborting") else ""))
         typer.echo(line)
+        rb = e.get("rollback")
+        if rb:
+            typer.echo(f"  rolled back at {rb['at'] or '?'}: {rb['live']} is again the database cutover "
+                       f"{rb['cutover_id']} had set aside (as {rb['was_set_aside_as']}); the release it replaced "
+                       f"is set aside as {rb['release_set_aside_as']}")
         for d in e.get("set_aside") or []:
             typer.echo(f"  set aside: {d['name']} ({_human_size(d['bytes'])})")
         if e.get("error"):

@@ -328,3 +328,24 @@ def test_preflight_refuses_an_admin_blind_to_other_sessions(pg, tmp_path, dbname
             freeze.require_session_visibility(conn)  # with the grant it can see them
         finally:
             pg.psql("REVOKE pg_read_all_stats FROM rva_admin")
+
+
+# -- 10. status after a rollback ------------------------------------------------------------------------------------
+def test_status_after_a_rollback_shows_it(pg, tmp_path, dbname):
+    from datetime import datetime
+
+    env = make_env(pg, tmp_path, dbname)
+    a_oid = env.oid(env.prod)
+    res = json.loads(env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json").stdout)
+    r = env.cli("rollback", "prod", "--json")
+    assert r.returncode == 0, r.stderr
+    rb = json.loads(r.stdout)
+    [s] = json.loads(env.cli("status", "prod", "--json").stdout)["services"]
+    assert s["revision"] == V10 and env.oid(env.prod) == a_oid
+    assert s["cutover"]["state"] == "rolled back" and s["cutover"]["set_aside"] == rb["set_aside"], s["cutover"]
+    got = s["rollback"]
+    assert got["cutover_id"] == res["id"] and got["live"] == env.prod and got["was_set_aside_as"] == res["set_aside"]
+    assert got["release_set_aside_as"] == rb["set_aside"] and datetime.fromisoformat(got["at"])
+    assert [x["name"] for x in s["set_aside"]] == [rb["set_aside"]]  # the cutover's copy is live, not set aside
+    out = env.cli("status", "prod").stdout
+    assert "rolled back at" in out and rb["set_aside"] in out and res["set_aside"] in out, out

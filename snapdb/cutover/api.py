@@ -464,7 +464,8 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
         history.write_catalog(store, rec)
     except SnapdbError as exc:
         out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
-    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside)
+    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
+           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot)
     if j.state in ("running", "aborting"):
         j.close(store, "aborted")
     out.seconds = time.monotonic() - started
@@ -490,12 +491,19 @@ def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict
 # -- status -----------------------------------------------------------------------------------------------
 def service_status(cfg: Config, service: str, store: Store | None) -> dict:
     """The cutover side of a service's status: unfinished cutover, manual freeze, set-aside copies."""
-    out: dict = {"cutover": None, "frozen": None, "set_aside": []}
+    out: dict = {"cutover": None, "frozen": None, "set_aside": [], "rollback": None}
     if store is not None:
         j = journal.Journal.load(store, service)
         if j is not None:
             out["cutover"] = {"id": j.id, "tag": j.tag, "state": j.state, "step": j.step,
                               "started_at": j.started_at, "set_aside": j.facts.get("set_aside")}
+            if j.facts.get("rolled_back"):  # the cutover's set-aside copy is live again
+                out["cutover"].update(state="rolled back" if j.state == "done" else j.state,
+                                      set_aside=j.facts.get("rolled_back_set_aside"))
+                out["rollback"] = {"cutover_id": j.id, "at": j.facts.get("rolled_back_at"),
+                                   "live": svc_db(cfg, service), "was_set_aside_as": j.facts.get("rolled_back_to"),
+                                   "release_set_aside_as": j.facts.get("rolled_back_set_aside"),
+                                   "writes_snapshot": j.facts.get("rolled_back_writes_snapshot")}
             if j.state in ("running", "aborting") and j.facts.get("freeze"):
                 out["frozen"] = {"by": f"cutover {j.id}", "mode": j.freeze_mode,
                                  "since": j.facts["freeze"].get("started_at")}
@@ -511,6 +519,10 @@ def service_status(cfg: Config, service: str, store: Store | None) -> dict:
     except SnapdbError as exc:
         out["error"] = exc.message
     return out
+
+
+def svc_db(cfg: Config, service: str) -> str:
+    return cfg.services[service].dbname
 
 
 def _maint() -> str:
