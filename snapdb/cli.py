@@ -481,6 +481,8 @@ def cutover(
     elif res.outcome == "done":
         _say(f"cut {res.service} over to {res.tag}: freeze window {_secs(res.freeze_window_seconds)} "
              f"(predicted {_secs(res.predicted_seconds)}); old database set aside as {res.set_aside}")
+        for d in getattr(res, "dropped_set_aside", None) or []:
+            _say(f"dropped the older set-aside copy {d} (keep_set_aside)")
         for st in res.steps:
             if st.get("seconds") is not None:
                 _say(f"  {st['name']:<10} {_secs(st['seconds'])}")
@@ -567,6 +569,8 @@ def rollback(
         return
     _say(f"rolled {res.service} back to the database cutover {res.cutover_id} set aside; the release it held is "
          f"set aside as {res.set_aside}")
+    for d in res.dropped_set_aside:
+        _say(f"dropped the older set-aside copy {d} (keep_set_aside)")
     if res.writes_snapshot:
         _say(f"its writes since the cutover ({res.writes.get('summary')}) are kept in snapshot {res.writes_snapshot}")
         typer.echo(res.writes_snapshot)

@@ -100,6 +100,11 @@ def rolledback_name(target: str, when: datetime) -> str:
     return _fit(target, ROLLEDBACK_MARK + when.strftime("%Y%m%dT%H%M%S"))
 
 
+def set_aside_time(dbname: str) -> datetime | None:
+    """When a set-aside copy (`pre_name`, `rolledback_name`) was set aside, from its name."""
+    return _stamp(dbname[-15:])
+
+
 def is_rolledback_of(target: str, dbname: str) -> bool:
     """Tell whether `dbname` is a release of `target` set aside by a rollback (exactly the name
     `rolledback_name` gives for some time)."""

@@ -349,3 +349,34 @@ def test_status_after_a_rollback_shows_it(pg, tmp_path, dbname):
     assert [x["name"] for x in s["set_aside"]] == [rb["set_aside"]]  # the cutover's copy is live, not set aside
     out = env.cli("status", "prod").stdout
     assert "rolled back at" in out and rb["set_aside"] in out and res["set_aside"] in out, out
+
+
+def test_cutovers_and_rollbacks_keep_set_aside_copies_by_the_rule(pg, tmp_path, dbname):
+    from snapdb import names
+
+    env = make_env(pg, tmp_path, dbname, hooks="keep_set_aside = 1\n")
+
+    def set_aside() -> list[str]:
+        with pg.connect() as conn:
+            every = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+        return sorted(d for d in every if names.is_pre_of(env.prod, d) or names.is_rolledback_of(env.prod, d))
+
+    rounds = []
+    for _ in range(2):
+        r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json")
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert set_aside() == [res["set_aside"]]  # the way back, and nothing older
+        r = env.cli("rollback", "prod", "--json")
+        assert r.returncode == 0, r.stderr
+        rb = json.loads(r.stdout)
+        assert set_aside() == [rb["set_aside"]] and env.revision() == V10
+        rounds.append((res, rb))
+        time.sleep(1.1)  # names carry the second
+    assert rounds[1][0]["dropped_set_aside"] == [rounds[0][1]["set_aside"]]
+    # no rule: every copy is kept, as before
+    cfg = env.dir / "snapdb.toml"
+    cfg.write_text(cfg.read_text().replace("keep_set_aside = 1\n", ""))
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(set_aside()) == 2 and json.loads(r.stdout)["dropped_set_aside"] == []

@@ -215,9 +215,20 @@ def _start_locked(cfg, service, tag, store, mdir, p, maint, *, freeze_mode, time
         ctx.result.plan = p.to_json()
         ctx.result.predicted_seconds = p.prediction.get("seconds")
         ctx.result.warnings += p.warnings
-        return _proceed(ctx)
+        return _rotated(ctx, _proceed(ctx))
     finally:
         run.close_context(ctx)
+
+
+def _rotated(ctx: run.Context, res: run.CutoverResult) -> run.CutoverResult:
+    """After a finished (compared, receipted) cutover: drop set-aside copies beyond the
+    service's keep_set_aside, never the one it just set aside."""
+    from . import aside
+
+    if res.outcome == "done" and ctx.svc.keep_set_aside:
+        res.dropped_set_aside, warnings = aside.rotate(ctx.maint, ctx.dbname, ctx.svc.keep_set_aside, res.set_aside)
+        res.warnings += warnings
+    return res
 
 
 def _proceed(ctx: run.Context) -> run.CutoverResult:
@@ -255,7 +266,7 @@ def resume(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, ma
         if j.state == "aborting":
             _abort_before_swap(ctx, j.facts.get("abort_reason") or "finishing an interrupted abort")
             return ctx.result
-        return _proceed(ctx)
+        return _rotated(ctx, _proceed(ctx))
     finally:
         run.close_context(ctx)
 
@@ -456,6 +467,12 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
         freeze.release(maint, freeze.FreezeState.from_json(j.facts["freeze"]), ep.dbname)
         maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ep.dbname)))
         out.set_aside = gone
+        row = maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ep.dbname,)).fetchone()
+        if svc.keep_set_aside and row and int(row[0]) == a_oid:  # the old database serves again: rotate
+            from . import aside as copies
+
+            out.dropped_set_aside, dropped_warnings = copies.rotate(maint, ep.dbname, svc.keep_set_aside, gone)
+            out.warnings += dropped_warnings
     rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
     rec.ended_at = mf.utcnow().isoformat()
     rec.error = None

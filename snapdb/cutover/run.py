@@ -70,6 +70,7 @@ class CutoverResult:
     hooks: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     receipt: str | None = None
+    dropped_set_aside: list[str] = field(default_factory=list)  # older copies beyond keep_set_aside
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -85,6 +86,7 @@ class RollbackResult:
     writes_snapshot: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dropped_set_aside: list[str] = field(default_factory=list)  # older copies beyond keep_set_aside
 
     def to_json(self) -> dict:
         return asdict(self)
