@@ -336,7 +336,9 @@ def test_status_after_a_rollback_shows_it(pg, tmp_path, dbname):
 
     env = make_env(pg, tmp_path, dbname)
     a_oid = env.oid(env.prod)
-    res = json.loads(env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json").stdout)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
     r = env.cli("rollback", "prod", "--json")
     assert r.returncode == 0, r.stderr
     rb = json.loads(r.stdout)
