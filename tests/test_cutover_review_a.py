@@ -382,3 +382,20 @@ def test_cutovers_and_rollbacks_keep_set_aside_copies_by_the_rule(pg, tmp_path, 
     r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--json")
     assert r.returncode == 0, r.stderr
     assert len(set_aside()) == 2 and json.loads(r.stdout)["dropped_set_aside"] == []
+
+
+def test_fingerprint_of_a_role_that_cannot_read_large_objects_says_so(pg, dbname):
+    from snapdb import fingerprint
+
+    from .conftest import create_db, ensure_roles
+
+    ensure_roles(pg, "rva_reader", options="LOGIN")
+    create_db(pg, dbname, "SELECT lo_from_bytea(0, 'abc'); CREATE TABLE t (id int)")
+    with psycopg.connect(pg.conninfo(dbname).replace("user=postgres", "user=rva_reader"), autocommit=True) as conn:
+        before = fingerprint.fingerprint(conn, catalogs=True)
+        assert fingerprint.unreadable(before) == ["pg_largeobject"]
+        with pg.connect(dbname) as su:
+            su.execute("SELECT lo_put((SELECT max(oid) FROM pg_largeobject_metadata), 0, 'xyz')")
+            su.execute("GRANT SELECT ON t TO PUBLIC")
+        after = fingerprint.fingerprint(conn, catalogs=True, since=before)
+    assert fingerprint.diff(before, after) == ["catalog pg_class changed (DDL or a GRANT): relation t"]
