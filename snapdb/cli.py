@@ -513,6 +513,8 @@ def cutover(
     elif res.outcome == "done":
         _say(f"cut {res.service} over to {res.tag}: freeze window {_secs(res.freeze_window_seconds)} "
              f"(predicted {_secs(res.predicted_seconds)}); old database set aside as {res.set_aside}")
+        for d in getattr(res, "dropped_set_aside", None) or []:
+            _say(f"dropped the older set-aside copy {d} (keep_set_aside)")
         for st in res.steps:
             if st.get("seconds") is not None:
                 _say(f"  {st['name']:<10} {_secs(st['seconds'])}")
@@ -605,6 +607,8 @@ def rollback(
         return
     _say(f"rolled {res.service} back to the database cutover {res.cutover_id} set aside; the release it held is "
          f"set aside as {res.set_aside}")
+    for d in res.dropped_set_aside:
+        _say(f"dropped the older set-aside copy {d} (keep_set_aside)")
     if res.writes_snapshot:
         _say(f"its writes since the cutover ({res.writes.get('summary')}) are kept in snapshot {res.writes_snapshot}")
         typer.echo(res.writes_snapshot)
@@ -671,6 +675,11 @@ def _status_lines(res) -> None:
                 + (f", cutover {cut['id']} to {cut['tag']} {cut['state']} at {cut['step']}"
                    if cut and cut.get("state") in ("running", "aborting") else ""))
         typer.echo(line)
+        rb = e.get("rollback")
+        if rb:
+            typer.echo(f"  rolled back at {rb['at'] or '?'}: {rb['live']} is again the database cutover "
+                       f"{rb['cutover_id']} had set aside (as {rb['was_set_aside_as']}); the release it replaced "
+                       f"is set aside as {rb['release_set_aside_as']}")
         for d in e.get("set_aside") or []:
             typer.echo(f"  set aside: {d['name']} ({_human_size(d['bytes'])})")
         if e.get("error"):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from . import gitsource, sources
+from . import gitsource, names, sources
 from . import history as records
 from . import manifest as mf
 from .config import Config, Endpoint, format_duration, is_url
@@ -215,6 +215,17 @@ def _check_target_allowed(cfg: Config, into: str, ep: Endpoint, dbname: str, m: 
         )
 
 
+def _refuse_during_cutover(cfg: Config, st: Store, ep: Endpoint, dbname: str, what: str) -> None:
+    """Refuse to change a service's database (or its cutover's new one) while a cutover of it
+    is unfinished or a manual freeze is in place (`journal.refuse_while_busy`)."""
+    from .cutover import journal
+
+    for name, svc in cfg.services.items():
+        if ep.server_key() in {svc.server_key(), svc.admin().server_key()} and dbname in (
+                svc.dbname, names.tmp_name(svc.dbname)):
+            journal.refuse_while_busy(st, name, what)
+
+
 def restore(
     cfg: Config,
     into: str,
@@ -256,6 +267,7 @@ def restore(
     if not valid_dbname(dbname):
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
+    _refuse_during_cutover(cfg, st, ep, dbname, f"restore into {dbname!r}")
     if if_newer:
         from .ops.refresh import held_snapshot
 
@@ -408,6 +420,8 @@ def upgrade(
     changes = not (dry_run or sql)
     st = _store(cfg, store, read=False) if (changes or prod) else None
     where = ep.name or ep.display()
+    if changes:
+        _refuse_during_cutover(cfg, st, ep.admin(), ep.dbname, f"upgrade {where}")
     with contextlib.ExitStack() as stack:
         scripts = stack.enter_context(releases.open_scripts(mdir, to))
         releases.check_release(rel, scripts)

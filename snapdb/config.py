@@ -34,7 +34,8 @@ DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
 DEFAULT_MIGRATIONS = "migrations"
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles", "hooks", "scrub", *_MONITOR_KEYS}
+_SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles", "hooks", "scrub", "keep_set_aside",
+                 *_MONITOR_KEYS}
 HOOK_POINTS = ("before_freeze", "after_freeze", "after_swap", "on_abort")
 _HOOK_KEYS = set(HOOK_POINTS) | {"timeout"}
 _URL_PREFIXES = ("postgresql://", "postgres://")
@@ -59,6 +60,9 @@ class Endpoint:
     role_map: dict[str, str] = field(default_factory=dict)
     hooks: dict[str, str] = field(default_factory=dict)  # [services.X.hooks]: point -> shell command
     hook_timeout: float = 60.0
+    #: copies set aside by cutovers and rollbacks (``__pre_``, ``__rolledback_``) to keep, the newest
+    #: first; None: keep every one (``keep_set_aside`` in the service's section)
+    keep_set_aside: int | None = None
 
     @property
     def dbname(self) -> str:
@@ -314,6 +318,12 @@ def _parse(data: dict, path: Path) -> Config:
             cmd = _path_string(hooks, point, f"{where} hooks")
             if cmd:
                 cfg.services[name].hooks[point] = cmd
+        if "keep_set_aside" in svc:
+            keep = svc["keep_set_aside"]
+            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+                raise ConfigError(f"{where}: keep_set_aside must be a whole number, 1 or more (the newest copy is "
+                                  f"the way back), not {keep!r}")
+            cfg.services[name] = replace(cfg.services[name], keep_set_aside=keep)
         if "timeout" in hooks:
             cfg.services[name] = replace(cfg.services[name], hook_timeout=parse_duration(
                 hooks["timeout"], f"{where} hooks timeout").total_seconds())

@@ -49,12 +49,23 @@ def prev_name(target: str, when: datetime) -> str:
 
 
 def is_prev_of(target: str, dbname: str) -> bool:
-    """Tell whether `dbname` is a previous copy of `target`."""
-    prefix = prev_prefix(target)
-    stamp = dbname[len(prefix):]
-    return dbname.startswith(prefix) and len(stamp) == 15 and stamp[8] == "T" and (
-        stamp[:8] + stamp[9:]
-    ).isdigit()
+    """Tell whether `dbname` is a previous copy of `target` (exactly the name `prev_name` gives
+    for some time, truncated and hashed forms included)."""
+    when = _stamp(dbname[-15:]) if dbname.endswith(tuple("0123456789")) else None
+    return when is not None and prev_name(target, when) == dbname
+
+
+STAMP = "%Y%m%dT%H%M%S"
+
+
+def _stamp(text: str) -> datetime | None:
+    """The time in a name's ``YYYYmmddTHHMMSS`` suffix, or None."""
+    if len(text) != 15 or text[8] != "T" or not (text[:8] + text[9:]).isdigit():
+        return None
+    try:
+        return datetime.strptime(text, STAMP)
+    except ValueError:
+        return None
 
 
 PRE_MARK = "__pre_"
@@ -66,12 +77,19 @@ def pre_name(target: str, tag: str, when: datetime) -> str:
 
 
 def is_pre_of(target: str, dbname: str) -> bool:
-    """Tell whether `dbname` is a copy of `target` set aside by a cutover."""
-    if not dbname.endswith(tuple("0123456789")):
+    """Tell whether `dbname` is a copy of `target` set aside by a cutover: exactly the name
+    `pre_name` gives for some tag and time (so the truncated, hashed forms of a long target are
+    recognised, and another target sharing their truncated prefix is not)."""
+    when = _stamp(dbname[-15:])
+    if when is None or dbname[-16:-15] != "_":
         return False
-    probe = _fit(target, PRE_MARK)
-    head = probe[: -len(PRE_MARK)]
-    return dbname.startswith(head) and PRE_MARK in dbname[len(head):]
+    start = dbname.find(PRE_MARK)
+    while start >= 0:
+        tag = dbname[start + len(PRE_MARK):-16]
+        if tag and pre_name(target, tag, when) == dbname:
+            return True
+        start = dbname.find(PRE_MARK, start + 1)
+    return False
 
 
 ROLLEDBACK_MARK = "__rolledback_"
@@ -82,9 +100,16 @@ def rolledback_name(target: str, when: datetime) -> str:
     return _fit(target, ROLLEDBACK_MARK + when.strftime("%Y%m%dT%H%M%S"))
 
 
+def set_aside_time(dbname: str) -> datetime | None:
+    """When a set-aside copy (`pre_name`, `rolledback_name`) was set aside, from its name."""
+    return _stamp(dbname[-15:])
+
+
 def is_rolledback_of(target: str, dbname: str) -> bool:
-    head = _fit(target, ROLLEDBACK_MARK + "00000000T000000")[: -len("00000000T000000")]
-    return dbname.startswith(head) and len(dbname) == len(head) + 15
+    """Tell whether `dbname` is a release of `target` set aside by a rollback (exactly the name
+    `rolledback_name` gives for some time)."""
+    when = _stamp(dbname[-15:])
+    return when is not None and rolledback_name(target, when) == dbname
 
 
 def looks_like_prev(dbname: str) -> bool:

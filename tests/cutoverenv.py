@@ -78,3 +78,39 @@ def make_env(pg, tmp_path: Path, dbname: str, *, hooks: str = "", rehearse: bool
         r = env.cli(*args)
         assert r.returncode == 0, (args, r.stderr)
     return env
+
+
+def make_env_named(pg, tmp_path: Path, prod: str, dev: str, *, hooks: str = "", rehearse: bool = True,
+                   admin_user: str | None = None) -> Env:
+    """As `make_env`, with the dev copy's name given (for names near the 63-byte limit) and,
+    optionally, another login role as the production service's admin (`admin_user`)."""
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(prod)))
+        conn.execute("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lh_app') THEN "
+                     "CREATE ROLE lh_app LOGIN; END IF; END$$")
+    with pg.connect(prod) as conn:
+        conn.execute((ROOT / "fixtures" / "service0.sql").read_text())
+        conn.execute(SCHEMA)
+        conn.execute("GRANT USAGE ON SCHEMA lh TO lh_app; GRANT ALL ON ALL TABLES IN SCHEMA lh TO lh_app; "
+                     "GRANT ALL ON ALL SEQUENCES IN SCHEMA lh TO lh_app")
+    mig = tmp_path / "migrations"
+    shutil.copytree(ROOT / "migrations", mig, ignore=shutil.ignore_patterns("__pycache__"))
+    store = tmp_path / "store"
+    cfg = tmp_path / "snapdb.toml"
+    url = pg.url(prod, user=admin_user) if admin_user else pg.url(prod)
+    cfg.write_text(
+        f'[store]\nurl = "{store}"\n\n[upgrade]\nmigrations = "{mig}"\n\n'
+        f'[services.prod]\nurl = "{url}"\nrole = "production"\n{hooks}\n'
+        f'[services.dev]\nurl = "{pg.url(dev)}"\nrole = "dev"\n')
+    env = Env(pg, prod, dev, str(cfg), store, tmp_path)
+    if admin_user:  # the snapshot and rehearsal as the superuser, as an operator would set it up
+        su = tmp_path / "snapdb-su.toml"
+        su.write_text(cfg.read_text().replace(url, pg.url(prod)))
+        run = lambda *a: run_cli("--config", str(su), *a)  # noqa: E731
+    else:
+        run = env.cli
+    for args in [["snapshot", "prod"], ["restore", "--into", "dev", "--from", "prod"]] + (
+            [["upgrade", "dev", "--to", "v2.0"]] if rehearse else []):
+        r = run(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    return env

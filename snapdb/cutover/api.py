@@ -54,12 +54,15 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
     with releases.open_scripts(mdir, tag) as scripts:
         releases.check_release(rel, scripts)
         with control_session(ep, TargetError) as conn:
+            freeze.require_session_visibility(conn)  # the drain and the probes are blind otherwise
             try:
                 current = migrate.single_revision(alembic_revisions(conn), service)
                 steps = migrate.plan(scripts, current, rel.revision, ledger.tag_for, service)
                 sysid = system_identifier(conn)
                 problems, warnings = planning.check_database(conn, ep.dbname, {conn.info.backend_pid})
                 can_decode, why = planning.proof_available(conn)
+                lo_readable = conn.execute(
+                    "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_largeobject', 'SELECT')").fetchone()[0]
                 size = planning.size_of(conn, ep.dbname)
                 free = planning.free_disk(conn, ep)
                 busy = conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND "
@@ -87,8 +90,10 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
     elif free is None:
         warnings.append(f"free disk on the server could not be checked (the new database needs about {size / 1e9:.2f} GB)")
     if not can_decode:
-        warnings.append(f"the proof that nothing was written after the freeze cannot decode WAL ({why}); it relies "
-                        "on the table locks and the catalog fingerprint")
+        warnings.append(run.weak_proof(why))
+    if not lo_readable:
+        warnings.append("the proof does not cover large-object contents: the admin role cannot read pg_largeobject "
+                        "(superusers can), so a write into an existing large object during the freeze would go unseen")
     planning.raise_problems(service, problems)
     prediction = planning.predict(store, service, ep, size, rehearsal, drain_timeout, own, busy)
     if rep is not None:
@@ -152,16 +157,46 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         raise ConfigError("--max-freeze needs --mode replicate (the snapshot mode's window holds the whole copy)")
     if not freeze_ and not dry_run:
         run.refuse_unfrozen()
-    old = journal.Journal.load(store, service)
-    if old is not None and old.state in ("running", "aborting"):
-        journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
-    p = preflight(cfg, service, tag, store, mdir, own, freeze_mode=freeze_mode, drain_timeout=drain_timeout,
-                  timeout=timeout, mode=mode, max_freeze=max_freeze, to_server=to_server)
-    if dry_run:
-        return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
-                                 predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
+    # the service's lock before the checks: two runs cannot both pass preflight and both start
+    maint = None if dry_run else _locked_session(cfg, service, maintenance_db)
+    try:
+        refuse_manual_freeze(store, service, "cut it over")
+        old = journal.Journal.load(store, service)
+        if old is not None and old.state in ("running", "aborting"):
+            journal.Journal.start(store, service, tag, mode, freeze_mode)  # raises BusyError naming the unfinished one
+        p = preflight(cfg, service, tag, store, mdir, own, freeze_mode=freeze_mode, drain_timeout=drain_timeout,
+                      timeout=timeout, mode=mode, max_freeze=max_freeze, to_server=to_server)
+        if dry_run:
+            return run.CutoverResult(id=None, service=service, tag=tag, outcome="planned", plan=p.to_json(),
+                                     predicted_seconds=p.prediction.get("seconds"), warnings=list(p.warnings))
+        faults.checkpoint("cutover:preflighted")
+        return _start_locked(cfg, service, tag, store, mdir, p, maint, freeze_mode=freeze_mode, timeout=timeout,
+                             drain_timeout=drain_timeout, jobs=jobs, maintenance_db=maintenance_db,
+                             release_probe=release_probe, reporter=reporter, mode=mode, to_server=to_server,
+                             catchup_timeout=catchup_timeout)
+    except BaseException:
+        if maint is not None:
+            maint.close()
+        raise
+
+
+def _locked_session(cfg: Config, service: str, maintenance_db: str) -> psycopg.Connection:
+    """A session on the maintenance database holding the service's server-wide lock (`locks`)."""
+    ep = _service(cfg, service).admin()
+    maint = control_session(ep, TargetError, dbname=maintenance_db)
+    try:
+        locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
+    except BaseException:
+        maint.close()
+        raise
+    return maint
+
+
+def _start_locked(cfg, service, tag, store, mdir, p, maint, *, freeze_mode, timeout, drain_timeout, jobs,
+                  maintenance_db, release_probe, reporter, mode, to_server, catchup_timeout) -> run.CutoverResult:
+    """The cutover after its preflight, under the lock `maint` holds (handed to the context)."""
     j = journal.Journal.start(store, service, tag, mode, freeze_mode)
-    j.facts.update(timeout=timeout, drain_timeout=drain_timeout)
+    j.facts.update(timeout=timeout, drain_timeout=drain_timeout, warnings=list(p.warnings))
     if mode == "replicate":
         from .replicate import rep_name
 
@@ -170,7 +205,7 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         j.save(store)
     try:
         ctx = run.open_context(cfg, service, store, j, jobs=jobs, reporter=reporter, maintenance_db=maintenance_db,
-                               release_probe=release_probe, mdir=mdir)
+                               release_probe=release_probe, mdir=mdir, maint=maint)
     except BaseException:
         j.close(store, "aborted")
         raise
@@ -180,9 +215,20 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
         ctx.result.plan = p.to_json()
         ctx.result.predicted_seconds = p.prediction.get("seconds")
         ctx.result.warnings += p.warnings
-        return _proceed(ctx)
+        return _rotated(ctx, _proceed(ctx))
     finally:
         run.close_context(ctx)
+
+
+def _rotated(ctx: run.Context, res: run.CutoverResult) -> run.CutoverResult:
+    """After a finished (compared, receipted) cutover: drop set-aside copies beyond the
+    service's keep_set_aside, never the one it just set aside."""
+    from . import aside
+
+    if res.outcome == "done" and ctx.svc.keep_set_aside:
+        res.dropped_set_aside, warnings = aside.rotate(ctx.maint, ctx.dbname, ctx.svc.keep_set_aside, res.set_aside)
+        res.warnings += warnings
+    return res
 
 
 def _proceed(ctx: run.Context) -> run.CutoverResult:
@@ -220,7 +266,7 @@ def resume(cfg: Config, service: str, store: Store, mdir: Path, *, jobs: int, ma
         if j.state == "aborting":
             _abort_before_swap(ctx, j.facts.get("abort_reason") or "finishing an interrupted abort")
             return ctx.result
-        return _proceed(ctx)
+        return _rotated(ctx, _proceed(ctx))
     finally:
         run.close_context(ctx)
 
@@ -262,11 +308,8 @@ def finish_window(cfg: Config, service: str, store: Store, *, maintenance_db: st
 
 
 # -- manual freeze ------------------------------------------------------------------------------------------
-FREEZES = "catalog/freezes/"
-
-
-def _freeze_key(service: str) -> str:
-    return f"{FREEZES}{journal.service_key(service)}.json"
+FREEZES = journal.FREEZES
+_freeze_key = journal.freeze_key
 
 
 @dataclass
@@ -297,6 +340,7 @@ def freeze_service(cfg: Config, service: str, store: Store, *, mode: str, drain_
     if _manual(store, service) is not None:
         raise RefusedError(f"{service!r} is already frozen (snapdb unfreeze {service} ends it)")
     with control_session(ep, TargetError, dbname=maintenance_db) as maint:
+        freeze.require_session_visibility(maint)
         locks.acquire(maint, ep.dbname, "freeze", repr(service))
         st = freeze.capture(maint, ep.dbname, mode)
         freeze.plan_roles(maint, st)
@@ -323,6 +367,15 @@ def unfreeze_service(cfg: Config, service: str, store: Store, *, maintenance_db:
         freeze.release(maint, st)
     store.delete(_freeze_key(service))
     return FreezeResult(service, False, st.mode, st.started_at)
+
+
+def refuse_manual_freeze(store: Store, service: str, what: str) -> None:
+    """Refuse (`RefusedError`) while `snapdb freeze SERVICE` holds a manual window: a cutover
+    would take the frozen settings for the originals (and keep them after its swap)."""
+    st = _manual(store, service)
+    if st is not None:
+        raise RefusedError(f"{service!r} is frozen by `snapdb freeze` (since {st.started_at}); refusing to {what}",
+                           hint=f"end the manual freeze first: snapdb unfreeze {service}; nothing was changed")
 
 
 def _manual(store: Store, service: str) -> freeze.FreezeState | None:
@@ -389,6 +442,13 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
                                    f"expected {a_oid}); refusing to swap it in", hint="nothing was changed")
             _swap_back(cfg, service, store, j, maint, ep, out, jobs=jobs, maintenance_db=maintenance_db,
                        discard_writes=discard_writes, release_probe=release_probe, reporter=reporter)
+        now = maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ep.dbname,)).fetchone()
+        restored_oid = int(a_oid) if a_oid is not None else oids.get(aside)
+        if svc.keep_set_aside and out.set_aside and now and int(now[0]) == restored_oid:  # A serves again: rotate
+            from . import aside as copies
+
+            out.dropped_set_aside, dropped_warnings = copies.rotate(maint, ep.dbname, svc.keep_set_aside, out.set_aside)
+            out.warnings += dropped_warnings
     rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
     rec.ended_at = mf.utcnow().isoformat()
     rec.error = None
@@ -397,7 +457,8 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
         history.write_catalog(store, rec)
     except SnapdbError as exc:
         out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
-    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside)
+    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
+           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot)
     if j.state in ("running", "aborting"):
         j.close(store, "aborted")
     out.seconds = time.monotonic() - started
@@ -493,12 +554,19 @@ def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict
 # -- status -----------------------------------------------------------------------------------------------
 def service_status(cfg: Config, service: str, store: Store | None) -> dict:
     """The cutover side of a service's status: unfinished cutover, manual freeze, set-aside copies."""
-    out: dict = {"cutover": None, "frozen": None, "set_aside": []}
+    out: dict = {"cutover": None, "frozen": None, "set_aside": [], "rollback": None}
     if store is not None:
         j = journal.Journal.load(store, service)
         if j is not None:
             out["cutover"] = {"id": j.id, "tag": j.tag, "state": j.state, "step": j.step,
                               "started_at": j.started_at, "set_aside": j.facts.get("set_aside")}
+            if j.facts.get("rolled_back"):  # the cutover's set-aside copy is live again
+                out["cutover"].update(state="rolled back" if j.state == "done" else j.state,
+                                      set_aside=j.facts.get("rolled_back_set_aside"))
+                out["rollback"] = {"cutover_id": j.id, "at": j.facts.get("rolled_back_at"),
+                                   "live": svc_db(cfg, service), "was_set_aside_as": j.facts.get("rolled_back_to"),
+                                   "release_set_aside_as": j.facts.get("rolled_back_set_aside"),
+                                   "writes_snapshot": j.facts.get("rolled_back_writes_snapshot")}
             if j.state in ("running", "aborting") and j.facts.get("freeze"):
                 out["frozen"] = {"by": f"cutover {j.id}", "mode": j.freeze_mode,
                                  "since": j.facts["freeze"].get("started_at")}
@@ -514,6 +582,10 @@ def service_status(cfg: Config, service: str, store: Store | None) -> dict:
     except SnapdbError as exc:
         out["error"] = exc.message
     return out
+
+
+def svc_db(cfg: Config, service: str) -> str:
+    return cfg.services[service].dbname
 
 
 def _maint() -> str:

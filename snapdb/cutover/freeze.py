@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import Endpoint
+from ..names import quote_ident
 from ..errors import RefusedError, SnapdbError, TargetError
 from ..hold import TableHold
 from ..manifest import utcnow
@@ -252,12 +253,43 @@ def terminate_others(conn: psycopg.Connection, st: FreezeState) -> int:
     return n
 
 
+def require_session_visibility(conn: psycopg.Connection) -> None:
+    """Refuse (`RefusedError`) unless snapdb's role sees every session's details: without
+    superuser or pg_read_all_stats, pg_stat_activity hides other roles' state, xact_start and
+    query, so the drain cannot tell a session inside a transaction from an idle one (it would
+    end them all at once, whatever --drain-timeout says) and the plan's busy count reads 0.
+    (backend_xid is shown to every role: the probe's transaction-ID check is not blind.)"""
+    user, sees = conn.execute(
+        "SELECT current_user, rolsuper OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+        "FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    if not sees:
+        raise RefusedError(
+            f"snapdb's role {user!r} cannot see other roles' sessions in pg_stat_activity (their state, "
+            "transaction start and query are hidden), so the freeze's drain would be blind",
+            hint=f"GRANT pg_read_all_stats, pg_signal_backend TO {quote_ident(user)} (or use a superuser); nothing "
+                 "was changed")
+
+
+def refuse_prepared(conn: psycopg.Connection, dbname: str) -> None:
+    """Raise `RefusedError` naming the first prepared transaction on `dbname`, if any: one
+    survives every drain and termination, could still commit on A, and holds its locks (the
+    table locks would wait for it until their timeout)."""
+    gids = [r[0] for r in conn.execute(
+        "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = %s ORDER BY prepared", (dbname,))]
+    if gids:
+        more = f" (and {len(gids) - 1} more: {', '.join(gids[1:6])})" if len(gids) > 1 else ""
+        raise RefusedError(f"prepared transaction {gids[0]} exists on {dbname!r}{more}: it could still commit there "
+                           "after the freeze", hint=f"COMMIT PREPARED or ROLLBACK PREPARED '{gids[0]}', then start again")
+
+
 def drain(conn: psycopg.Connection, st: FreezeState, timeout: float) -> dict:
     """Layer 3: wait up to `timeout` seconds until no other session on A is inside a
-    transaction, then terminate every other session. Returns what was found."""
+    transaction, then terminate every other session. Returns what was found. A prepared
+    transaction (no session to wait for or end) fails it at once (`refuse_prepared`)."""
     deadline = time.monotonic() + max(0.0, timeout)
     waited_for = 0
     while True:
+        refuse_prepared(conn, st.dbname)
         busy = [s for s in others(conn, st) if s[4]]
         waited_for = max(waited_for, len(busy))
         if not busy or time.monotonic() >= deadline:
@@ -277,6 +309,7 @@ class Hold:
         self._gate: threading.Thread | None = None
         self._maint_ep = maint
         with control_session(maint, TargetError) as helper:
+            refuse_prepared(helper, st.dbname)  # its locks would make ours wait until the timeout
             self._hold = TableHold(_own(ep, st), st.dbname, "EXCLUSIVE", TargetError, timeout=timeout,
                                    on_wait=lambda _pid: terminate_others(helper, st))
         self.conn = self._hold.conn

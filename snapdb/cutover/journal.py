@@ -98,6 +98,13 @@ class Journal:
         return cls(**data)
 
     def save(self, store: Store) -> None:
+        """Rewrite the journal; refuses (`BusyError`) to overwrite another run's unfinished one,
+        so a run only ever records (and closes) the cutover it owns."""
+        current = type(self).load(store, self.service)
+        if current is not None and current.id != self.id and current.state in ("running", "aborting"):
+            raise BusyError(f"the journal of {self.service!r} belongs to another cutover (id {current.id}, at step "
+                            f"{current.step}); this run (id {self.id}) leaves it alone",
+                            hint=f"`snapdb status {self.service}` shows it")
         data = json.dumps(asdict(self), indent=1, ensure_ascii=False, default=str).encode("utf-8")
         with store.writer(self.key(self.service)) as f:
             f.write(data)
@@ -158,6 +165,35 @@ class Journal:
         data = json.dumps(asdict(self), indent=1, ensure_ascii=False, default=str).encode("utf-8")
         with store.writer(f"{PREFIX}{service_key(self.service)}/{self.id}.json") as f:
             f.write(data)
+
+
+FREEZES = "catalog/freezes/"
+
+
+def freeze_key(service: str) -> str:
+    """Where a manual freeze of `service` (`snapdb freeze`) records what it changed."""
+    return f"{FREEZES}{service_key(service)}.json"
+
+
+def refuse_while_busy(store: Store, service: str, what: str) -> None:
+    """Refuse to `what` (a restore into, an upgrade of) `service` while a cutover of it is
+    unfinished (`BusyError`: it owns the database, even when no process runs it) or a manual
+    freeze is in place (`RefusedError`); nothing is changed. Light: no PostgreSQL, no alembic."""
+    from ..errors import RefusedError
+
+    j = Journal.load(store, service)
+    if j is not None and j.state in ("running", "aborting"):
+        raise BusyError(f"refusing to {what}: a cutover of {service!r} to {j.tag} (id {j.id}) is unfinished, "
+                        f"at step {j.step}",
+                        hint=f"finish it (`snapdb cutover {service} --resume`) or undo it (`--abort`) first; "
+                             "nothing was changed")
+    try:
+        with store.reader(freeze_key(service)) as f:
+            since = json.loads(f.read()).get("started_at")
+    except MissingError:
+        return
+    raise RefusedError(f"refusing to {what}: {service!r} is frozen by `snapdb freeze` (since {since})",
+                       hint=f"end the manual freeze first: snapdb unfreeze {service}; nothing was changed")
 
 
 def write_receipt(store: Store, receipt: dict) -> str:

@@ -12,8 +12,10 @@ Two independent proofs, both recorded in the receipt:
   new, whoever made it.
 - **Catalog fingerprint** (always): every table's OID, relfilenode (a TRUNCATE or a rewrite gives
   a new one), name and columns; every sequence's state; the large objects' count, highest OID and,
-  when readable, total size. Taken at the freeze point and again before the swap. This covers
-  what decoding does not see (sequences, large objects, DDL).
+  when readable, total size; a digest of (key, xmin) of every row of the catalogs DDL and GRANTs
+  change and of the large objects' pages (superusers only: otherwise the plan warns), and the
+  database's own privileges and settings. Taken at the freeze point and again before the swap.
+  This covers what decoding does not see (sequences, large objects, DDL, GRANTs).
 
 Without decoding, writes to existing tables are still impossible (the freeze's table locks), but
 a resumed cutover (whose locks were lost with the killed process) cannot prove the gap: it then
@@ -28,7 +30,15 @@ import time
 import psycopg
 
 from ..errors import TargetError
-from ..fingerprint import diff, fingerprint  # noqa: F401 (part of the proof)
+from .. import fingerprint as _fp
+from ..fingerprint import diff, unreadable  # noqa: F401 (part of the proof)
+
+
+def fingerprint(conn: psycopg.Connection, since: dict | None = None) -> dict:
+    """The proof's catalog fingerprint of A (`snapdb.fingerprint` with the catalog digests:
+    DDL, GRANTs, large-object contents); with `since` (the freeze point's), naming what changed."""
+    return _fp.fingerprint(conn, catalogs=True, since=since)
+
 from ..postgres import first_line
 
 # -- decoded WAL -----------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
     except SnapdbError as exc:
         out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
     j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
-           reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
+           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot, reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
     out.seconds = time.monotonic() - started
     return out
 

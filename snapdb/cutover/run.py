@@ -71,6 +71,7 @@ class CutoverResult:
     hooks: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     receipt: str | None = None
+    dropped_set_aside: list[str] = field(default_factory=list)  # older copies beyond keep_set_aside
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,6 +87,7 @@ class RollbackResult:
     writes_snapshot: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dropped_set_aside: list[str] = field(default_factory=list)  # older copies beyond keep_set_aside
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -263,12 +265,16 @@ def _freeze(ctx: Context, keep_apps: tuple[str, ...] = ()) -> None:
                                   (ctx.dbname,)).fetchone()[0]
         j.note(ctx.store, freeze=st.to_json(), a_oid=int(a_oid))  # what to undo, before anything changes
     faults.checkpoint("cutover:freeze-captured")
+    freeze.refuse_prepared(ctx.maint, ctx.dbname)  # before the slot, which would wait for it
     if "slot_lsn" not in j.facts:
         slot = proof.slot_name(j.id)
         with connect(freeze.own_endpoint(ctx.ep, st), TargetError, dbname=ctx.dbname, autocommit=True) as conn:
             proof.drop_slot(conn, slot)  # one a killed run created but did not journal
             lsn, why = proof.create_slot(conn, slot, timeout=max(5.0, j.facts.get("drain_timeout", 5.0)))
         j.note(ctx.store, slot=slot if lsn else None, slot_lsn=lsn, slot_missing=why)
+    if why_missing := j.facts.get("slot_missing"):
+        if not any(w.startswith(WEAK_PROOF) for w in ctx.result.warnings):
+            warn(ctx, weak_proof(why_missing))
     freeze.apply(ctx.maint, st)
     faults.checkpoint("cutover:freeze-applied")
     j.note(ctx.store, freeze=st.to_json())
@@ -323,7 +329,7 @@ def _changes_since_freeze(ctx: Context, session: psycopg.Connection | None = Non
     (`session`: an open session on A to decode on, for when A no longer accepts connections)."""
     j = ctx.j
     point = j.facts["freeze_point"]
-    out = proof.diff(point["fingerprint"], proof.fingerprint(ctx.hold.conn))
+    out = proof.diff(point["fingerprint"], proof.fingerprint(ctx.hold.conn, since=point["fingerprint"]))
     if j.facts.get("slot"):
         if session is not None:
             out += [f"row change after the freeze: {w}" for w in proof.writes_after(session, j.facts["slot"], point["lsn"])]
@@ -685,19 +691,22 @@ def abort_before_swap(ctx: Context, reason: str) -> None:
 
 # -- entry points -------------------------------------------------------------------------------------------
 def open_context(cfg: Config, service: str, store: Store, j: journal.Journal, *, jobs: int, reporter: Reporter,
-                 maintenance_db: str, release_probe: Callable | None, mdir) -> Context:
-    """Take the service's lock and gather what the steps share."""
+                 maintenance_db: str, release_probe: Callable | None, mdir,
+                 maint: psycopg.Connection | None = None) -> Context:
+    """Take the service's lock (unless `maint` is a session that holds it already, which the
+    context then owns) and gather what the steps share."""
     if service not in cfg.services:
         raise ConfigError(f"unknown service {service!r} (services: {', '.join(sorted(cfg.services)) or 'none'})",
                           hint="a cutover switches a service from snapdb.toml")
     svc = cfg.services[service]
     ep = svc.admin()
-    maint = control_session(ep, TargetError, dbname=maintenance_db)
-    try:
-        locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
-    except BaseException:
-        maint.close()
-        raise
+    if maint is None:
+        maint = control_session(ep, TargetError, dbname=maintenance_db)
+        try:
+            locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
+        except BaseException:
+            maint.close()
+            raise
     ctx = Context(cfg=cfg, service=service, svc=svc, ep=ep, store=store, j=j, maint=maint,
                   maintenance_db=maintenance_db, jobs=jobs, reporter=reporter, release_probe=release_probe, mdir=mdir)
     timeout = j.facts.get("timeout")
@@ -722,6 +731,15 @@ def close_context(ctx: Context) -> None:
     if ctx.b_maint is not None:
         ctx.b_maint.close()
     ctx.maint.close()
+
+
+WEAK_PROOF = "proof by counters and catalog fingerprint only"
+
+
+def weak_proof(why: str) -> str:
+    """The warning of a cutover whose proof cannot decode WAL (`why`: wal_level, slots, rights)."""
+    return (f"{WEAK_PROOF}: {why} (no decoded WAL: writes are held by the table locks, and A is compared with the "
+            "snapshot in full before the swap)")
 
 
 def refuse_unfrozen() -> None:
