@@ -214,7 +214,7 @@ def _start_locked(cfg, service, tag, store, mdir, p, maint, *, freeze_mode, time
         j.end(store, "preflight", plan=p.to_json())
         ctx.result.plan = p.to_json()
         ctx.result.predicted_seconds = p.prediction.get("seconds")
-        ctx.result.warnings += p.warnings
+        ctx.result.warnings += [w for w in p.warnings if w not in ctx.result.warnings]
         return _rotated(ctx, _proceed(ctx))
     finally:
         run.close_context(ctx)

@@ -324,7 +324,8 @@ def _proof_session(ctx: Context) -> psycopg.Connection:
     return connect(freeze.own_endpoint(ctx.ep, ctx.st), TargetError, dbname=ctx.dbname, autocommit=True)
 
 
-def _changes_since_freeze(ctx: Context, session: psycopg.Connection | None = None) -> list[str]:
+def _changes_since_freeze(ctx: Context, session: psycopg.Connection | None = None, *,
+                          final: bool = False) -> list[str]:
     """What A took after the freeze point: decoded row changes and catalog differences
     (`session`: an open session on A to decode on, for when A no longer accepts connections)."""
     j = ctx.j
@@ -336,9 +337,10 @@ def _changes_since_freeze(ctx: Context, session: psycopg.Connection | None = Non
         else:
             with _proof_session(ctx) as conn:
                 out += [f"row change after the freeze: {w}" for w in proof.writes_after(conn, j.facts["slot"], point["lsn"])]
-        if j.facts.get("locks_lost") and j.done("snapshot"):
+        if j.facts.get("locks_lost") and j.done("snapshot") and not final:
             out += _unlogged_changes(ctx)
-    elif j.done("snapshot"):  # no decoding: compare A's rows with the snapshot, in full
+    elif j.done("snapshot") and not final:  # no decoding: compare A's rows with the snapshot, in full
+        # (`final`: the proof once A is closed, under the same table locks as a full one just made)
         m = mf.read_manifest(ctx.store, j.facts["snapshot_id"])
         diffs = verify_database(freeze.own_endpoint(ctx.ep, ctx.st), m, error_cls=TargetError, jobs=ctx.jobs)
         out += [f"differs from the snapshot: {d}" for d in diffs]
@@ -504,8 +506,9 @@ def _swap(ctx: Context) -> None:
     swapping.close_build(ctx.maint, build["name"])
     _end_sessions(ctx, build["name"], keep=())
     _open_to_apps(ctx, build["name"])  # closed to connections now: its grants may be A's again
-    if ctx.hold is None or not ctx.hold.alive():
+    if ctx.hold is None or not ctx.hold.alive():  # the locks were lost since the proof: prove again in full
         ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
+        _refuse_changes(ctx, _changes_since_freeze(ctx))
     # A: no new session can arrive; the locks hold until every other session is gone; then the
     # final proof, on sessions opened before the close (A accepts none now)
     with _proof_session(ctx) as session:
@@ -513,7 +516,7 @@ def _swap(ctx: Context) -> None:
         j.note(ctx.store, closed=True)
         _end_sessions(ctx, ctx.dbname, keep=(ctx.hold.conn.info.backend_pid, session.info.backend_pid))
         faults.checkpoint("cutover:closed")
-        _refuse_changes(ctx, _changes_since_freeze(ctx, session))
+        _refuse_changes(ctx, _changes_since_freeze(ctx, session, final=True))
     ctx.hold.close()
     ctx.hold = None
     baseline = _write_counters(ctx.maint, build["name"])  # B is closed and idle: its counters are final
