@@ -17,10 +17,15 @@ def _receipt(env, res: dict) -> dict:
     return json.loads((env.store / "catalog" / "receipts" / f"{res['id']}.json").read_text())
 
 
-def _slots_and_subs(pg) -> tuple[list, list]:
+def _slots_and_subs(pg, dbname: str | None = None) -> tuple[list, list]:
+    """Slots and subscriptions on the server, and publications in `dbname` (the new SERVICE:
+    it was copied from A after A's publication was made, and must not keep it)."""
     with pg.connect() as conn:
         slots = [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")]
         subs = [r[0] for r in conn.execute("SELECT subname FROM pg_subscription")]
+    if dbname:
+        with pg.connect(dbname) as conn:
+            subs += [f"publication {r[0]}" for r in conn.execute("SELECT pubname FROM pg_publication")]
     return slots, subs
 
 
@@ -57,7 +62,7 @@ def test_replicate_cutover_under_load(pg, tmp_path, dbname):
     assert receipt["fence"]["lsn"] and receipt["sequences"]["set"] >= 3
     assert receipt["upgrade_before_freeze"]["revisions"] == ["7d2e4b8c1a21"]
     assert receipt["upgrade_during_freeze"]["revisions"] == ["c94a06f3e872"]
-    slots, subs = _slots_and_subs(pg)
+    slots, subs = _slots_and_subs(pg, env.prod)
     assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]
     gap = unavailability(h.logs)
     assert gap > 0 and res["freeze_window_seconds"] < 10

@@ -276,6 +276,7 @@ def _follow(ctx: run.Context, rep: str) -> None:
     j = ctx.j
     j.begin(ctx.store, "follow")
     with _b(ctx) as b:
+        follow.drop_publication(b, rep)  # copied from A with the rest: B publishes nothing of its own
         if follow.subscription(b, rep) is None:
             follow.create_subscription(b, rep, _conninfo(ctx, rep), rep, rep)
     j.note(ctx.store, subscription=rep)

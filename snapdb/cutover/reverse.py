@@ -205,6 +205,8 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
         out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
     j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
            reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
+    if j.state in ("running", "aborting"):  # `--abort` of a run killed after its reverse step
+        j.close(store, "aborted")
     out.seconds = time.monotonic() - started
     return out
 
