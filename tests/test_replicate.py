@@ -102,3 +102,22 @@ def test_replicate_release_before_the_freeze_and_rollback_keeps_writes(pg, tmp_p
         conn.execute("INSERT INTO lh.items (worker, n) VALUES (99, 1)")
     slots, subs = _slots_and_subs(pg)
     assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]
+
+
+def test_max_freeze_below_the_prediction_refuses_before_freezing(pg, tmp_path, dbname):
+    """Acceptance 3: --max-freeze below the predicted window refuses in preflight, changing nothing."""
+    from .dbcompare import database_props
+
+    env = make_env(pg, tmp_path, dbname)
+    props = database_props(pg, env.prod)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    predicted = json.loads(r.stdout)["predicted_seconds"]
+    assert predicted > 0
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--max-freeze",
+                f"{predicted * 0.5:.3f}")
+    assert r.returncode == 8 and "exceeds --max-freeze" in r.stderr and f"{predicted:.1f} s" in r.stderr, r.stderr
+    assert not (env.store / "catalog" / "cutovers").exists() or not list((env.store / "catalog" / "cutovers").glob("*/journal.json"))
+    assert database_props(pg, env.prod) == props and set(env.databases()) == {env.prod, env.dev}
+    slots, subs = _slots_and_subs(pg, env.prod)
+    assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]
