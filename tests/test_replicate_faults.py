@@ -28,7 +28,8 @@ from .dbcompare import database_props
 from .loadharness import Harness, check, read_logs
 
 V10, V11 = "3f1c0a9e5b10", "7d2e4b8c1a21"
-ALL_STEPS = ["preflight", "build", "follow", "upgrade", "freeze", "fence", "finalize", "prove", "swapped-unrecorded",
+ALL_STEPS = ["preflight", "build", "follow", "upgrade", "freeze", "fence", "finalize", "prove", "a-closed",
+             "swapped-unrecorded",
              "swap", "compare", "reverse"]
 #: the suite's kill points, one of each kind: B being built (A live), A frozen with B following,
 #: the swap committed but not journaled (B still gated), after the reverse step (abort = rollback

@@ -8,8 +8,10 @@ the service's name on the new one.
 from __future__ import annotations
 
 import json
+import signal
 from datetime import datetime
 
+import pytest
 from psycopg import sql
 
 from .conftest import ensure_roles
@@ -36,7 +38,11 @@ def _sequences(cluster, dbname: str) -> dict:
             "SELECT schemaname, sequencename, last_value, last_value IS NOT NULL FROM pg_sequences")}
 
 
-def test_replicate_cutover_from_15_to_18_on_another_server(pg, pg18, tmp_path, dbname):
+@pytest.mark.parametrize("kill", [None, "a-closed", "a-set-aside"])
+def test_replicate_cutover_from_15_to_18_on_another_server(pg, pg18, tmp_path, dbname, kill):
+    """Also killed inside the swap, then resumed: after the hook ran with A closed (the swap is
+    done again from the proof on), and between the two servers' renames (A set aside already:
+    the swap is finished forward on B's server)."""
     facts, target = tmp_path / "after_swap.env", tmp_path / "conninfo"
     hook = (f"env | grep ^SNAPDB_ | sort > {facts} && printf 'host=%s port=%s dbname=%s user=lh_app' "
             f"\"$SNAPDB_NEW_HOST\" \"$SNAPDB_NEW_PORT\" \"$SNAPDB_NEW_DATABASE\" > {target}.tmp && mv {target}.tmp {target}")
@@ -48,7 +54,11 @@ def test_replicate_cutover_from_15_to_18_on_another_server(pg, pg18, tmp_path, d
     try:
         h.wait_for_acks(200)
         r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--to-server", pg18.url(),
-                    "--drain-timeout", "1", "--json", timeout=600)
+                    "--drain-timeout", "1", "--json", timeout=600,
+                    env={"SNAPDB_KILL_AT": f"cutover:{kill}"} if kill else None)
+        if kill:
+            assert r.returncode == -signal.SIGKILL, r.stderr
+            r = env.cli("cutover", "prod", "--resume", "--json", timeout=600)
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
         h.wait_for_acks(read_logs(h.logs).total + 200)

@@ -25,17 +25,30 @@ from .rsides import b as _b, b_maint, b_server, same_server
 
 def record_committed_swap(ctx: run.Context) -> None:
     """A run killed after its swap committed but before journaling it: record the swap (its
-    window unmeasured), and open B if it is still gated. The reverse slot is placed only if B
+    window unmeasured), and open B if it is still gated (holding its snapshot for the comparison
+    first). Across servers the swap counts as committed once A has its set-aside name; the
+    rename on B's server is done here if the run was killed before it. The reverse slot is placed only if B
     never opened; otherwise the rollback window is given up (a rollback needs --discard-writes)."""
     j = ctx.j
     if j.done("swap") or not (j.facts.get("build") or {}).get("oid") or not j.facts.get("aside"):
         return
     bm = b_maint(ctx)
+    if not same_server(ctx) and _a_set_aside(ctx):
+        # killed between the two servers' renames: A is set aside already and the clients were
+        # repointed to B by the hook, so the swap is finished forward on B's server
+        from .. import swap as swapping
+
+        build = j.facts["build"]
+        if bm.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s AND oid = %s",
+                      (build["name"], int(build["oid"]))).fetchone():
+            swapping.close_build(bm, build["name"])
+            swapping.swap_in(bm, ctx.dbname, build["name"], build["oid"])
     row = bm.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ctx.dbname,)).fetchone()
     if not row or int(row[0]) != int(j.facts["build"]["oid"]):
         return
     ctx.st = freeze.FreezeState.from_json(j.facts["freeze"])
-    if j.facts.get("b_gate") and not j.facts.get("ungated"):
+    if j.facts.get("b_gate") and not j.facts.get("ungated"):  # B never opened: as the swap would go on
+        _hold_b_snapshot(ctx)
         if (j.facts.get("reverse") or {}).get("name") and not (j.facts.get("reverse") or {}).get("from_lsn"):
             _place_reverse_slot(ctx)
         _ungate(ctx, freeze.FreezeState.from_json(j.facts["b_gate"]))
@@ -49,6 +62,14 @@ def record_committed_swap(ctx: run.Context) -> None:
         j.note(ctx.store, reverse=None)
     j.end(ctx.store, "swap", note="the swap had committed when the run was interrupted; its window was not measured",
           set_aside=j.facts["aside"], swapped_at=None, freeze_window_seconds=None)
+
+
+def _a_set_aside(ctx: run.Context) -> bool:
+    """Whether A, on its own server, already has its set-aside name (and the service's is free)."""
+    a_oid = ctx.j.facts.get("a_oid")
+    row = ctx.maint.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ctx.j.facts["aside"],)).fetchone()
+    gone = not ctx.maint.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (ctx.dbname,)).fetchone()
+    return bool(row) and a_oid is not None and int(row[0]) == int(a_oid) and gone
 
 
 # -- 9. swap -------------------------------------------------------------------------------------------------
@@ -74,6 +95,7 @@ def _swap(ctx: run.Context) -> None:
         run._end_sessions(ctx, build["name"], keep=None)
         ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
         j.note(ctx.store, closed=True)
+        faults.checkpoint("cutover:a-closed")
         run._end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
         if ctx.hold is not None:
             ctx.hold.close()
@@ -118,12 +140,14 @@ def _swap_other_server(ctx: run.Context, st_b: freeze.FreezeState) -> tuple[str,
     j.note(ctx.store, aside=aside)
     ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
     j.note(ctx.store, closed=True)
+    faults.checkpoint("cutover:a-closed")
     run._end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
     if ctx.hold is not None:
         ctx.hold.close()
         ctx.hold = None
     run._end_sessions(ctx, ctx.dbname, keep=None)
     ctx.maint.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(ctx.dbname), sql.Identifier(aside)))
+    faults.checkpoint("cutover:a-set-aside")
     swapping.close_build(bm, build["name"])
     baseline = run._write_counters(bm, build["name"])
     swapping.swap_in(bm, ctx.dbname, build["name"], build["oid"])
