@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Replicate-mode cutover killed at every step boundary (issue 8, acceptance 4), exhaustively.
 
-The suite (tests/test_replicate_faults.py) runs four representative kill points; this runs all
-twelve (preflight, build, follow, upgrade, freeze, fence, finalize, prove, the swapped-but-
-unrecorded point, swap, compare, reverse), each killed then aborted, then killed again and
+The suite (tests/test_replicate_faults.py) runs five representative kill points; this runs all
+thirteen (preflight, build, follow, upgrade, freeze, fence, finalize, prove, inside the swap with
+A closed, the swapped-but-unrecorded point, swap, compare, reverse), each killed then aborted, then killed again and
 resumed, under writers. Usage: ``.venv/bin/python bench/replicate_faults.py [pytest args]``.
 """
 

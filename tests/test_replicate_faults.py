@@ -1,7 +1,7 @@
 """Issue 8, acceptance 4: SIGKILL of snapdb at each step boundary of a replicate-mode cutover,
 then ``--abort`` and, in the same service afterwards, ``--resume``, under writers.
 
-The suite runs four representative kill points (`STEPS`, about 20 s each); every step boundary
+The suite runs five representative kill points (`STEPS`, about 20 s each); every one of the 13
 runs with ``SNAPDB_ALL_KILL_POINTS=1`` (``bench/replicate_faults.py``, about 4–6 minutes).
 Each step gets one service (release v1.1, whose revision runs before the freeze, so the set-aside
 database follows the new one afterwards). First a run killed at the step is aborted: before the
@@ -29,12 +29,13 @@ from .loadharness import Harness, check, read_logs
 
 V10, V11 = "3f1c0a9e5b10", "7d2e4b8c1a21"
 ALL_STEPS = ["preflight", "build", "follow", "upgrade", "freeze", "fence", "finalize", "prove", "a-closed",
-             "swapped-unrecorded",
-             "swap", "compare", "reverse"]
+             "swapped-unrecorded", "swap", "compare", "reverse"]
 #: the suite's kill points, one of each kind: B being built (A live), A frozen with B following,
-#: the swap committed but not journaled (B still gated), after the reverse step (abort = rollback
-#: through the window); every step with SNAPDB_ALL_KILL_POINTS=1 (bench/replicate_faults.py)
-STEPS = ALL_STEPS if os.environ.get("SNAPDB_ALL_KILL_POINTS") else ["build", "fence", "swapped-unrecorded", "reverse"]
+#: inside the swap with A and B closed, the swap committed but not journaled (B still gated),
+#: after the reverse step (abort = rollback through the window); every step with
+#: SNAPDB_ALL_KILL_POINTS=1 (bench/replicate_faults.py)
+STEPS = ALL_STEPS if os.environ.get("SNAPDB_ALL_KILL_POINTS") else ["build", "fence", "a-closed", "swapped-unrecorded",
+                                                                     "reverse"]
 AFTER_SWAP = {"swapped-unrecorded", "swap", "compare", "reverse"}
 
 

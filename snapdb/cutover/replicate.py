@@ -279,9 +279,13 @@ def _prepare_reverse(ctx: run.Context) -> None:
 def _refreeze(ctx: run.Context, rep: str) -> None:
     j = ctx.j
     ctx.st = freeze.FreezeState.from_json(j.facts["freeze"])
-    if j.facts.get("closed"):  # killed in the swap with A closed: nobody could connect; go on from the proof
-        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ctx.dbname)))
-        j.note(ctx.store, closed=False)
+    if j.get("swap").status == "running":  # killed inside the swap, before it committed: from the proof on
+        build = j.facts["build"]["name"]
+        if b_maint(ctx).execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (build,)).fetchone():
+            b_maint(ctx).execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(build)))
+        if j.facts.get("closed"):  # nobody could connect to A meanwhile
+            ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ctx.dbname)))
+            j.note(ctx.store, closed=False)
     freeze.terminate_others(ctx.maint, ctx.st)
     ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
     freeze.probe(ctx.ep, ctx.st, ctx.hold.tables, ctx.maint)
