@@ -106,3 +106,34 @@ def test_replicate_cutover_from_15_to_18_on_another_server(pg, pg18, tmp_path, d
     r = env.cli("rollback", "prod")
     assert r.returncode == 8 and "another server" in r.stderr, r.stderr
     assert _allows(pg, aside) is False and env.oid(env.prod) is None
+
+
+def test_replicate_cutover_to_another_server_killed_then_aborted(pg, pg18, tmp_path, dbname):
+    """A cross-server cutover killed with A frozen and B following, then --abort: A serves again,
+    unfrozen, with every write; nothing of B or of the replication is left on either server."""
+    from .dbcompare import database_props
+
+    env = make_env(pg, tmp_path, dbname, hooks='[services.prod.hooks]\nafter_swap = "true"\n')
+    ensure_roles(pg18, "lh_app", options="LOGIN")
+    a_oid = env.oid(env.prod)
+    props = database_props(pg, env.prod)
+    before_a, before_b = origins(pg), origins(pg18)
+    h = Harness(env.app(), ["normal"] * 4, tmp_path / "load", pause=0.002)
+    try:
+        h.wait_for_acks(100)
+        r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--to-server", pg18.url(),
+                    "--drain-timeout", "0.5", env={"SNAPDB_KILL_AT": "cutover:fence"}, timeout=600)
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        r = env.cli("cutover", "prod", "--abort", "--json", timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["outcome"] == "aborted"
+        h.wait_for_acks(read_logs(h.logs).total + 50)
+    finally:
+        acks = h.stop()
+    assert env.oid(env.prod) == a_oid and database_props(pg, env.prod) == props
+    with pg.connect(env.prod) as conn:
+        assert not check(acks, conn, None, None)
+    with pg18.connect() as conn:
+        assert not conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                                (env.prod[:20],)).fetchall()
+    assert leftovers(pg, env.prod, before_a) == [] and leftovers(pg18, env.prod[:20], before_b) == []
