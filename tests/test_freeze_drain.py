@@ -38,9 +38,7 @@ def test_drain_does_not_wait_for_transactions_begun_after_the_freeze(pg, tmp_pat
         h.wait_for_acks(100)
         t = threading.Thread(target=commit_later)
         t.start()
-        started = time.monotonic()
-        r = env.cli("freeze", "prod", "--drain-timeout", "8", "--json")
-        took = time.monotonic() - started
+        r = env.cli("freeze", "prod", "--drain-timeout", "20", "--json")
         t.join()
         assert r.returncode == 0, r.stderr
         drained = json.loads(r.stdout)["drained"]
@@ -50,4 +48,4 @@ def test_drain_does_not_wait_for_transactions_begun_after_the_freeze(pg, tmp_pat
         env.cli("unfreeze", "prod")
     assert committed == [True]  # the transaction open at the freeze was given its time
     assert drained["still_busy"] == 0 and drained["busy_at_start"] >= 1, drained
-    assert took < 6, took  # not the whole 8 s for the writers' new transactions
+    assert drained["waited_seconds"] < 12, drained  # not the whole 20 s for the writers' new transactions

@@ -58,6 +58,9 @@ def test_replicate_cutover_from_15_to_18_on_another_server(pg, pg18, tmp_path, d
                     env={"SNAPDB_KILL_AT": f"cutover:{kill}"} if kill else None)
         if kill:
             assert r.returncode == -signal.SIGKILL, r.stderr
+            if kill == "a-set-aside":  # the swap counts as committed: an abort is a rollback, refused
+                r = env.cli("cutover", "prod", "--abort", timeout=600)
+                assert r.returncode == 8 and "another server" in r.stderr and "--resume" in r.stderr, r.stderr
             r = env.cli("cutover", "prod", "--resume", "--json", timeout=600)
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
@@ -82,7 +85,11 @@ def test_replicate_cutover_from_15_to_18_on_another_server(pg, pg18, tmp_path, d
         problems = check(acks, conn, a_oid, freeze_at)
     assert not problems, problems
     assert any(x[3] == a_oid for x in acks.on) and any(x[3] == b_oid for x in acks.on)
-    assert res["proof"]["unchanged"] and res["compare"]["matches"], res["compare"]
+    assert res["proof"]["unchanged"], res["proof"]
+    if kill == "a-set-aside":  # the --abort opened B (it serves) and its snapshot ended with that run
+        assert res["compare"]["matches"] is None and "no snapshot" in res["compare"]["note"], res["compare"]
+    else:
+        assert res["compare"]["matches"], res["compare"]
     # every sequence of B starts at or after frozen A's (B's writers moved lh.items on)
     with pg.connect() as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(aside)))

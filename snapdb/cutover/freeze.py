@@ -248,7 +248,8 @@ def drain(conn: psycopg.Connection, st: FreezeState, timeout: float) -> dict:
     Returns what was found. Transactions begun later (sessions opened before the freeze keep
     their read-write default) are not waited for: ending them loses nothing acknowledged, and
     clients that retry in a loop would otherwise hold the freeze for the whole timeout."""
-    deadline = time.monotonic() + max(0.0, timeout)
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
     waited_for = 0
     while True:
         busy = [s for s in others(conn, st) if s[5]]
@@ -256,7 +257,8 @@ def drain(conn: psycopg.Connection, st: FreezeState, timeout: float) -> dict:
         if not busy or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    return {"busy_at_start": waited_for, "still_busy": len(busy), "terminated": terminate_others(conn, st)}
+    return {"busy_at_start": waited_for, "still_busy": len(busy), "waited_seconds": round(time.monotonic() - started, 3),
+            "terminated": terminate_others(conn, st)}
 
 
 class Hold:

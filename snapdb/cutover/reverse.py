@@ -136,7 +136,9 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
             "back across servers (the old database does not follow the new one, so B's writes since the swap "
             f"would be lost)", hint=f"nothing was changed; the old database is {j.facts.get('set_aside')!r} on "
                                    f"{ep.host}:{ep.port}, set aside read-only and closed (docs/cutover.md, \"To another "
-                                   "server\", says how to go back by hand)")
+                                   "server\", says how to go back by hand)"
+                                   + (f"; `snapdb cutover {service} --resume` finishes the cutover"
+                                      if j.state in ("running", "aborting") else ""))
     rev = j.facts["reverse"]["name"]
     aside = j.facts["set_aside"]
     b_oid = int(j.facts["build"]["oid"])
