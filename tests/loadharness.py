@@ -40,7 +40,10 @@ INSERT INTO lh.items (worker, n) SELECT -1, g FROM generate_series(1, 500) g;
 """
 
 
-def worker(conninfo: str, wid: int, kind: str, out: Path, stop: Path, hold: float, pause: float) -> None:
+def worker(conninfo: str, wid: int, kind: str, out: Path, stop: Path, hold: float, pause: float,
+           conninfo_file: Path | None = None) -> None:
+    """One client (see module docstring). With `conninfo_file`, every reconnection reads the
+    conninfo from that file when it exists (a stand-in for a repointed PgBouncer or DNS name)."""
     import psycopg
 
     log = open(out, "a", buffering=1)
@@ -51,7 +54,10 @@ def worker(conninfo: str, wid: int, kind: str, out: Path, stop: Path, hold: floa
         started = time.time()  # this attempt's start: a write that waits, then fails, was unavailable all along
         try:
             if conn is None or conn.closed or conn.broken:
-                conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+                ci = conninfo
+                if conninfo_file is not None and conninfo_file.exists():
+                    ci = conninfo_file.read_text().strip() or conninfo
+                conn = psycopg.connect(ci, autocommit=True, connect_timeout=5)
                 oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
                 if kind in ("set-off", "owner"):
                     conn.execute("SET default_transaction_read_only = off")
@@ -186,7 +192,7 @@ class Harness:
     """Start worker processes of the given kinds against `conninfo`; `stop()` them."""
 
     def __init__(self, conninfo: str, kinds: list[str], workdir: Path, *, hold: float = 2.0, pause: float = 0.0,
-                 conninfos: dict[str, str] | None = None) -> None:
+                 conninfos: dict[str, str] | None = None, conninfo_file: Path | None = None) -> None:
         import subprocess
 
         self.dir = workdir
@@ -200,7 +206,8 @@ class Harness:
             ci = (conninfos or {}).get(kind, conninfo)
             self.procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--conninfo", ci, "--worker", str(i), "--kind", kind, "--out", str(log),
-                 "--stop", str(self.stopfile), "--hold", str(hold), "--pause", str(pause)],
+                 "--stop", str(self.stopfile), "--hold", str(hold), "--pause", str(pause)]
+                + (["--conninfo-file", str(conninfo_file)] if conninfo_file is not None else []),
                 stdout=subprocess.DEVNULL, stderr=open(self.dir / f"w{i}.stderr", "w")))
 
     def wait_for_acks(self, n: int, timeout: float = 30) -> None:
@@ -229,6 +236,7 @@ if __name__ == "__main__":
     ap.add_argument("--stop", type=Path)
     ap.add_argument("--hold", type=float, default=2.0)
     ap.add_argument("--pause", type=float, default=0.0)
+    ap.add_argument("--conninfo-file", type=Path, default=None)
     a = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    worker(a.conninfo, a.worker, a.kind, a.out, a.stop, a.hold, a.pause)
+    worker(a.conninfo, a.worker, a.kind, a.out, a.stop, a.hold, a.pause, a.conninfo_file)

@@ -17,10 +17,15 @@ def _receipt(env, res: dict) -> dict:
     return json.loads((env.store / "catalog" / "receipts" / f"{res['id']}.json").read_text())
 
 
-def _slots_and_subs(pg) -> tuple[list, list]:
+def _slots_and_subs(pg, dbname: str | None = None) -> tuple[list, list]:
+    """Slots and subscriptions on the server, and publications in `dbname` (the new SERVICE:
+    it was copied from A after A's publication was made, and must not keep it)."""
     with pg.connect() as conn:
         slots = [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")]
         subs = [r[0] for r in conn.execute("SELECT subname FROM pg_subscription")]
+    if dbname:
+        with pg.connect(dbname) as conn:
+            subs += [f"publication {r[0]}" for r in conn.execute("SELECT pubname FROM pg_publication")]
     return slots, subs
 
 
@@ -57,7 +62,7 @@ def test_replicate_cutover_under_load(pg, tmp_path, dbname):
     assert receipt["fence"]["lsn"] and receipt["sequences"]["set"] >= 3
     assert receipt["upgrade_before_freeze"]["revisions"] == ["7d2e4b8c1a21"]
     assert receipt["upgrade_during_freeze"]["revisions"] == ["c94a06f3e872"]
-    slots, subs = _slots_and_subs(pg)
+    slots, subs = _slots_and_subs(pg, env.prod)
     assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]
     gap = unavailability(h.logs)
     assert gap > 0 and res["freeze_window_seconds"] < 10
@@ -96,4 +101,23 @@ def test_replicate_release_before_the_freeze_and_rollback_keeps_writes(pg, tmp_p
     with psycopg.connect(env.app(), autocommit=True) as conn:  # A's sequences moved past B's ids
         conn.execute("INSERT INTO lh.items (worker, n) VALUES (99, 1)")
     slots, subs = _slots_and_subs(pg)
+    assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]
+
+
+def test_max_freeze_below_the_prediction_refuses_before_freezing(pg, tmp_path, dbname):
+    """Acceptance 3: --max-freeze below the predicted window refuses in preflight, changing nothing."""
+    from .dbcompare import database_props
+
+    env = make_env(pg, tmp_path, dbname)
+    props = database_props(pg, env.prod)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    predicted = json.loads(r.stdout)["predicted_seconds"]
+    assert predicted > 0
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--max-freeze",
+                f"{predicted * 0.5:.3f}")
+    assert r.returncode == 8 and "exceeds --max-freeze" in r.stderr and f"{predicted:.1f} s" in r.stderr, r.stderr
+    assert not (env.store / "catalog" / "cutovers").exists() or not list((env.store / "catalog" / "cutovers").glob("*/journal.json"))
+    assert database_props(pg, env.prod) == props and set(env.databases()) == {env.prod, env.dev}
+    slots, subs = _slots_and_subs(pg, env.prod)
     assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]

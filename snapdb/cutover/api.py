@@ -414,7 +414,7 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
     j = journal_ or _last_done(store, service)
     from . import reverse
 
-    if j.mode == "replicate" and reverse.window_open(j):
+    if j.mode == "replicate" and (reverse.window_open(j) or reverse.cross_server(j)):
         return reverse.rollback(cfg, service, store, j, jobs=jobs, maintenance_db=maintenance_db,
                                 discard_writes=discard_writes, release_probe=release_probe, reporter=reporter)
     svc = _service(cfg, service)

@@ -231,14 +231,16 @@ def _restore_acl(conn: psycopg.Connection, db: sql.Composable, st: FreezeState) 
 # -- sessions ---------------------------------------------------------------------------------------
 def others(conn: psycopg.Connection, st: FreezeState, dbname: str | None = None) -> list[tuple]:
     """Sessions on A that are not snapdb's own: (pid, user, application_name, holds an xid,
-    in a transaction)."""
+    in a transaction, in a transaction begun before the freeze was applied)."""
     return conn.execute(
-        """SELECT pid, usename, application_name, backend_xid IS NOT NULL, xact_start IS NOT NULL
+        """SELECT pid, usename, application_name, backend_xid IS NOT NULL, xact_start IS NOT NULL,
+                  coalesce(xact_start < %s::timestamptz, false)
            FROM pg_catalog.pg_stat_activity
            WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()
              AND NOT (application_name = %s AND usename = %s)
              AND NOT (backend_type = 'walsender' AND application_name = ANY(%s) AND usename = %s)""",
-        (dbname or st.dbname, st.app_name, st.own_user, list(st.keep_apps), st.own_user)).fetchall()
+        (st.started_at or "infinity", dbname or st.dbname, st.app_name, st.own_user, list(st.keep_apps),
+         st.own_user)).fetchall()
 
 
 def terminate_others(conn: psycopg.Connection, st: FreezeState) -> int:
@@ -284,18 +286,23 @@ def refuse_prepared(conn: psycopg.Connection, dbname: str) -> None:
 
 def drain(conn: psycopg.Connection, st: FreezeState, timeout: float) -> dict:
     """Layer 3: wait up to `timeout` seconds until no other session on A is inside a
-    transaction, then terminate every other session. Returns what was found. A prepared
-    transaction (no session to wait for or end) fails it at once (`refuse_prepared`)."""
-    deadline = time.monotonic() + max(0.0, timeout)
+    transaction begun before the freeze was applied, then terminate every other session.
+    Returns what was found. Transactions begun later (sessions opened before the freeze keep
+    their read-write default) are not waited for: ending them loses nothing acknowledged, and
+    clients that retry in a loop would otherwise hold the freeze for the whole timeout. A
+    prepared transaction (no session to wait for or end) fails it at once (`refuse_prepared`)."""
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
     waited_for = 0
     while True:
         refuse_prepared(conn, st.dbname)
-        busy = [s for s in others(conn, st) if s[4]]
+        busy = [s for s in others(conn, st) if s[5]]
         waited_for = max(waited_for, len(busy))
         if not busy or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    return {"busy_at_start": waited_for, "still_busy": len(busy), "terminated": terminate_others(conn, st)}
+    return {"busy_at_start": waited_for, "still_busy": len(busy), "waited_seconds": round(time.monotonic() - started, 3),
+            "terminated": terminate_others(conn, st)}
 
 
 class Hold:

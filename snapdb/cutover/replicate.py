@@ -35,124 +35,35 @@ Steps (`journal.REPLICATE_STEPS`), each journaled before and after it runs:
 12. ``finish`` — the receipt, the journal closed.
 
 Failures before the swap abort as in snapshot mode, after removing the replication on both sides.
+Where B lives and snapdb's sessions on A and B are in `rsides`; the swap (step 9) is in `rswap`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import time
 from dataclasses import asdict
-from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from .. import faults, history, manifest as mf, names, relations
-from ..config import Endpoint
+from .. import faults, history, manifest as mf
 from ..errors import AbortedError, SnapdbError, TargetError
-from ..postgres import connect, control_session, first_line, open_data_session
+from ..postgres import connect, first_line
 from ..replication import follow, largeobjects, slots
 from ..restore import Build, RestoreOptions
 from ..snapshot import take_snapshot
 from ..verify import count_tables, table_sums
-from . import freeze, hooks, journal, proof, run
+from . import freeze, journal, proof, run
+
+from .rsides import (  # noqa: F401  (rep_name, rev_name, b_server: used by api and reverse)
+    OWN_TABLES as _OWN_TABLES, a as _a, b as _b, b_maint, b_name as _b_name, b_server, plan as _plan, rep_name,
+    replicated_tables, rev_name, same_server)
+from .rswap import _hold_b_snapshot, _place_reverse_slot, _swap, _ungate, record_committed_swap  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-#: tables each side keeps for itself: never replicated, compared or counted
-_OWN_TABLES = {("public", "alembic_version")}
-
-
-def rep_name(cutover_id: str) -> str:
-    """Name of the publication, subscription and slot of cutover `cutover_id`."""
-    return "snapdb_rep_" + re.sub(r"[^a-z0-9_]", "_", cutover_id.lower())[:48]
-
-
-def rev_name(cutover_id: str) -> str:
-    """Name of the reverse publication, subscription and slot (B back to the set-aside A)."""
-    return "snapdb_rev_" + re.sub(r"[^a-z0-9_]", "_", cutover_id.lower())[:48]
-
-
-# -- where B lives --------------------------------------------------------------------------------------
-def b_server(ctx: run.Context) -> Endpoint:
-    """The admin endpoint of B's server (A's own unless the cutover goes to another server)."""
-    other = (ctx.j.facts.get("replication") or {}).get("to_server")
-    return Endpoint(params=dict(other["params"]), name=ctx.service) if other else ctx.ep
-
-
-def same_server(ctx: run.Context) -> bool:
-    return not (ctx.j.facts.get("replication") or {}).get("to_server")
-
-
-def b_maint(ctx: run.Context) -> psycopg.Connection:
-    """A session on B's server's maintenance database (A's own session when they are one)."""
-    if same_server(ctx):
-        return ctx.maint
-    if ctx.b_maint is None or ctx.b_maint.closed:
-        ctx.b_maint = control_session(b_server(ctx), TargetError, dbname=ctx.maintenance_db)
-    return ctx.b_maint
-
-
-def _b_name(ctx: run.Context) -> str:
-    """B's current name: its build name until the swap, the service's name after."""
-    if ctx.j.done("swap"):
-        return ctx.dbname
-    return ctx.j.facts["build"]["name"]
-
-
-def _b(ctx: run.Context, dbname: str | None = None) -> psycopg.Connection:
-    conn = connect(b_server(ctx), TargetError, dbname=dbname or _b_name(ctx), autocommit=True)
-    conn.execute("SET default_transaction_read_only = off")
-    return conn
-
-
-def _a(ctx: run.Context, dbname: str | None = None) -> psycopg.Connection:
-    """snapdb's own session on A (it passes the freeze's gate; writes only what snapdb must)."""
-    ep = freeze.own_endpoint(ctx.ep, ctx.st) if ctx.st is not None else ctx.ep
-    conn = connect(ep, TargetError, dbname=dbname or ctx.dbname, autocommit=True)
-    conn.execute("SET default_transaction_read_only = off")
-    return conn
-
-
-def replicated_tables(conn: psycopg.Connection) -> list:
-    """A's tables that replication carries (`relations.list_tables`, without `_OWN_TABLES`)."""
-    return [t for t in relations.list_tables(conn)[0] if (t.schema, t.name) not in _OWN_TABLES]
-
-
-def _plan(ctx: run.Context) -> dict:
-    return (ctx.j.facts.get("plan") or {}).get("replicate") or {}
-
 
 # -- the run ---------------------------------------------------------------------------------------------
-def record_committed_swap(ctx: run.Context) -> None:
-    """A run killed after its swap committed but before journaling it: record the swap (its
-    window unmeasured), and open B if it is still gated. The reverse slot is placed only if B
-    never opened; otherwise the rollback window is given up (a rollback needs --discard-writes)."""
-    j = ctx.j
-    if j.done("swap") or not (j.facts.get("build") or {}).get("oid") or not j.facts.get("aside"):
-        return
-    bm = b_maint(ctx)
-    row = bm.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (ctx.dbname,)).fetchone()
-    if not row or int(row[0]) != int(j.facts["build"]["oid"]):
-        return
-    ctx.st = freeze.FreezeState.from_json(j.facts["freeze"])
-    if j.facts.get("b_gate") and not j.facts.get("ungated"):
-        if (j.facts.get("reverse") or {}).get("name") and not (j.facts.get("reverse") or {}).get("from_lsn"):
-            _place_reverse_slot(ctx)
-        _ungate(ctx, freeze.FreezeState.from_json(j.facts["b_gate"]))
-        j.note(ctx.store, ungated=True)
-    elif (j.facts.get("reverse") or {}).get("name") and not (j.facts.get("reverse") or {}).get("from_lsn"):
-        from . import reverse
-
-        ctx.result.warnings.append("the run was interrupted after the new database opened and before the reverse "
-                                   "replication was placed: no rollback window (a rollback needs --discard-writes)")
-        reverse.remove(ctx)
-        j.note(ctx.store, reverse=None)
-    j.end(ctx.store, "swap", note="the swap had committed when the run was interrupted; its window was not measured",
-          set_aside=j.facts["aside"], swapped_at=None, freeze_window_seconds=None)
-
-
 def proceed(ctx: run.Context) -> run.CutoverResult:
     """Run (or go on with) the steps not yet done; abort on failure before the swap."""
     j = ctx.j
@@ -276,6 +187,7 @@ def _follow(ctx: run.Context, rep: str) -> None:
     j = ctx.j
     j.begin(ctx.store, "follow")
     with _b(ctx) as b:
+        follow.drop_publication(b, rep)  # copied from A with the rest: B publishes nothing of its own
         if follow.subscription(b, rep) is None:
             follow.create_subscription(b, rep, _conninfo(ctx, rep), rep, rep)
     j.note(ctx.store, subscription=rep)
@@ -367,6 +279,13 @@ def _prepare_reverse(ctx: run.Context) -> None:
 def _refreeze(ctx: run.Context, rep: str) -> None:
     j = ctx.j
     ctx.st = freeze.FreezeState.from_json(j.facts["freeze"])
+    if j.get("swap").status == "running":  # killed inside the swap, before it committed: from the proof on
+        build = j.facts["build"]["name"]
+        if b_maint(ctx).execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (build,)).fetchone():
+            b_maint(ctx).execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(build)))
+        if j.facts.get("closed"):  # nobody could connect to A meanwhile
+            ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ctx.dbname)))
+            j.note(ctx.store, closed=False)
     freeze.terminate_others(ctx.maint, ctx.st)
     ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
     freeze.probe(ctx.ep, ctx.st, ctx.hold.tables, ctx.maint)
@@ -493,143 +412,6 @@ def _prove(ctx: run.Context) -> None:
     j.end(ctx.store, "prove", proof={"unchanged": True, "by": "decoded WAL and catalog fingerprint",
                                      "counts": {"tables": len(counted), "rows": sum(res["a"].values()),
                                                 "not_counted": sorted(excluded)}})
-
-
-# -- 9. swap -------------------------------------------------------------------------------------------------
-def _swap(ctx: run.Context) -> None:
-    from .. import swap as swapping
-
-    j = ctx.j
-    build = j.facts["build"]
-    j.begin(ctx.store, "swap")
-    bm = b_maint(ctx)
-    gate = j.facts.get("b_gate")
-    if gate is None:  # B gated: only snapdb connects until its snapshot is held and the reverse slot placed
-        st_b = freeze.capture(bm, build["name"], "offline")
-        j.note(ctx.store, b_gate=st_b.to_json())
-        freeze.apply(bm, st_b)
-        j.note(ctx.store, b_gate=st_b.to_json())
-    else:
-        st_b = freeze.FreezeState.from_json(gate)
-    if same_server(ctx):
-        aside = j.facts.get("aside") or names.pre_name(ctx.dbname, j.tag, mf.utcnow())
-        j.note(ctx.store, aside=aside)
-        swapping.close_build(ctx.maint, build["name"])
-        run._end_sessions(ctx, build["name"], keep=None)
-        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
-        j.note(ctx.store, closed=True)
-        run._end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
-        if ctx.hold is not None:
-            ctx.hold.close()
-            ctx.hold = None
-        baseline = run._write_counters(ctx.maint, build["name"])
-        swapping.swap_in(ctx.maint, ctx.dbname, build["name"], build["oid"], aside=aside)
-    else:
-        aside, baseline = _swap_other_server(ctx, st_b)
-    faults.checkpoint("cutover:swapped-unrecorded")
-    j.note(ctx.store, swapped=True, aside=aside)
-    swapped = time.time()
-    _hold_b_snapshot(ctx)
-    _place_reverse_slot(ctx)
-    _ungate(ctx, st_b)
-    j.note(ctx.store, ungated=True)
-    open_at = _accepts_writes(ctx)
-    window = round(open_at - datetime.fromisoformat(ctx.st.started_at).timestamp(), 3)
-    j.end(ctx.store, "swap", set_aside=aside, swapped_at=datetime.fromtimestamp(swapped).astimezone().isoformat(),
-          freeze_window_seconds=window, swap_to_writable_seconds=round(open_at - swapped, 3), b_counters=baseline)
-    ctx.result.freeze_window_seconds = window
-    ctx.result.set_aside = aside
-    if same_server(ctx):
-        try:
-            run._hook(ctx, "after_swap", freeze_seconds=window)
-        except hooks.HookFailed as exc:
-            ctx.result.warnings.append(f"{exc.message}; the new release stays in place (`snapdb rollback "
-                                       f"{ctx.service}` returns to the old one)")
-
-
-def _swap_other_server(ctx: run.Context, st_b: freeze.FreezeState) -> tuple[str, dict]:
-    """Across servers: the ``after_swap`` hook repoints the clients while B is still gated (a
-    failing hook aborts, B never having been open); then B takes the service's name on its
-    server and A is set aside (renamed, closed) on its own."""
-    from .. import swap as swapping
-
-    j = ctx.j
-    build = j.facts["build"]
-    bm = b_maint(ctx)
-    run._hook(ctx, "after_swap", new_host=b_server(ctx).host, new_port=b_server(ctx).port,
-              new_database=ctx.dbname)
-    aside = j.facts.get("aside") or names.pre_name(ctx.dbname, j.tag, mf.utcnow())
-    j.note(ctx.store, aside=aside)
-    ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
-    j.note(ctx.store, closed=True)
-    run._end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
-    if ctx.hold is not None:
-        ctx.hold.close()
-        ctx.hold = None
-    run._end_sessions(ctx, ctx.dbname, keep=None)
-    ctx.maint.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(ctx.dbname), sql.Identifier(aside)))
-    swapping.close_build(bm, build["name"])
-    baseline = run._write_counters(bm, build["name"])
-    swapping.swap_in(bm, ctx.dbname, build["name"], build["oid"])
-    return aside, baseline
-
-
-def _hold_b_snapshot(ctx: run.Context) -> None:
-    """A snapshot of B as it is at the swap, held open for the comparison after B opens."""
-    if ctx.b_snapshot is not None:
-        return
-    try:
-        conn = open_data_session(b_server(ctx), TargetError, dbname=ctx.dbname)
-        relations.lock_tables(conn)
-        ctx.b_snapshot = (conn, conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0])
-        a_tables = set(ctx.j.facts.get("a_tables") or [])
-        counters = {r[0]: int(r[1]) for r in conn.execute(
-            "SELECT schemaname || '.' || relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_catalog.pg_stat_user_tables "
-            "WHERE schemaname <> 'snapdb'")}
-        ctx.j.note(ctx.store, b_only_tables=sorted(t for t in counters if t not in a_tables and t != "public.alembic_version"),
-                   b_table_counters=counters)
-    except (SnapdbError, psycopg.Error, relations.TablesChanging) as exc:
-        ctx.result.warnings.append(f"could not hold a snapshot of the new database for the comparison: "
-                                   f"{exc.message if isinstance(exc, SnapdbError) else first_line(exc)}")
-
-
-def _place_reverse_slot(ctx: run.Context) -> None:
-    rev = (ctx.j.facts.get("reverse") or {}).get("name")
-    if not rev:
-        return
-    with _b(ctx, ctx.dbname) as b:
-        b.execute("SELECT pg_catalog.pg_replication_slot_advance(%s, pg_catalog.pg_current_wal_insert_lsn())", (rev,))
-        lsn = b.execute("SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-                        (rev,)).fetchone()[0]
-    ctx.j.note(ctx.store, reverse={**ctx.j.facts["reverse"], "from_lsn": lsn})
-
-
-def _ungate(ctx: run.Context, st_b: freeze.FreezeState) -> None:
-    """Open B: its privileges and settings as before the gate (sessions snapdb holds stay)."""
-    freeze.release(b_maint(ctx), st_b, ctx.dbname, reconnect=False)
-    keep = {ctx.b_snapshot[0].info.backend_pid} if ctx.b_snapshot else set()
-    for (pid,) in b_maint(ctx).execute(
-            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()",
-            (ctx.dbname,)).fetchall():
-        if pid not in keep:  # opened while gated (a superuser): it would keep the read-only default
-            b_maint(ctx).execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
-
-
-def _accepts_writes(ctx: run.Context) -> float:
-    deadline = time.time() + 30
-    ep = b_server(ctx).with_dbname(ctx.dbname)
-    while True:
-        try:
-            with connect(ep, TargetError, autocommit=True) as conn:
-                ro, rec = conn.execute("SELECT current_setting('default_transaction_read_only'), "
-                                       "pg_catalog.pg_is_in_recovery()").fetchone()
-                if ro == "off" and not rec:
-                    return time.time()
-        except TargetError:
-            pass
-        if time.time() > deadline:
-            raise TargetError(f"{ctx.service!r} does not accept writes after the swap")
-        time.sleep(0.01)
 
 
 # -- 10. compare ------------------------------------------------------------------------------------------

@@ -101,6 +101,11 @@ def remove(ctx=None, *, j: journal.Journal | None = None, store: Store | None = 
     return notes
 
 
+def cross_server(j: journal.Journal | None) -> bool:
+    """Whether cutover `j` moved the service to another server (no rollback window: see `rollback`)."""
+    return bool(j is not None and (j.facts.get("replication") or {}).get("to_server"))
+
+
 def window_open(j: journal.Journal | None) -> bool:
     return bool(j is not None and (j.facts.get("reverse") or {}).get("active") and not j.facts.get("rolled_back"))
 
@@ -125,10 +130,15 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
     started = time.monotonic()
     svc = cfg.services[service]
     ep = svc.admin()
-    if (j.facts.get("replication") or {}).get("to_server"):
-        raise RefusedError("rolling back a cutover to another server is done by repointing the clients to the "
-                           f"old server (A is {j.facts['set_aside']!r} there); snapdb does not do it yet",
-                           hint="nothing was changed")
+    if cross_server(j):
+        raise RefusedError(
+            f"cutover {j.id} moved {service!r} to another server ({_b_ep(j, ep).host}:{_b_ep(j, ep).port}): snapdb does not roll "
+            "back across servers (the old database does not follow the new one, so B's writes since the swap "
+            f"would be lost)", hint=f"nothing was changed; the old database is {j.facts.get('set_aside')!r} on "
+                                   f"{ep.host}:{ep.port}, set aside read-only and closed (docs/cutover.md, \"To another "
+                                   "server\", says how to go back by hand)"
+                                   + (f"; `snapdb cutover {service} --resume` finishes the cutover"
+                                      if j.state in ("running", "aborting") else ""))
     rev = j.facts["reverse"]["name"]
     aside = j.facts["set_aside"]
     b_oid = int(j.facts["build"]["oid"])
@@ -204,7 +214,10 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
     except SnapdbError as exc:
         out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
     j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
-           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot, reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
+           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot,
+           reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
+    if j.state in ("running", "aborting"):  # `--abort` of a run killed after its reverse step
+        j.close(store, "aborted")
     out.seconds = time.monotonic() - started
     return out
 

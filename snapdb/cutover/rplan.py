@@ -106,6 +106,10 @@ def check(conn: psycopg.Connection, dbname: str, steps: list, rehearsal: history
         warnings.append(f"revision(s) {', '.join(info['during'])} run inside the freeze ("
                         + "; ".join(info["why_during"][:2]) + "): the old database cannot follow the new one "
                         "afterwards, so a rollback that keeps the new writes is not possible (it would need --discard-writes)")
+    if b_conn is not None and reverse_wanted:
+        reverse_wanted = False
+        warnings.append("a cutover to another server has no rollback window: the old database does not follow the "
+                        "new one afterwards, and `snapdb rollback` refuses (going back is repointing the clients)")
     info["reverse"] = reverse_wanted and not problems
     if info["reverse"]:
         if free_slots < 3 and b_conn is None:
