@@ -42,9 +42,14 @@ class Env:
     def databases(self) -> dict[str, bool]:
         """The service's databases (its own name and its side names) and whether each accepts
         connections."""
+        from snapdb import names
+
+        def ours(d: str) -> bool:  # side names of long services are truncated and hashed: ask snapdb's rules
+            return (d.startswith(self.prod) or d == names.tmp_name(self.prod) or names.is_pre_of(self.prod, d)
+                    or names.is_rolledback_of(self.prod, d) or names.is_prev_of(self.prod, d))
+
         with self.pg.connect() as conn:
-            return {d: a for d, a in conn.execute("SELECT datname, datallowconn FROM pg_database "
-                                                  "WHERE datname LIKE %s", (self.prod + "%",)).fetchall()}
+            return {d: a for d, a in conn.execute("SELECT datname, datallowconn FROM pg_database").fetchall() if ours(d)}
 
     def revision(self, dbname: str | None = None) -> str:
         with self.pg.connect(dbname or self.prod) as conn:

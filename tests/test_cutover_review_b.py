@@ -209,3 +209,21 @@ def test_rollback_after_abort_sequences_kills_and_impostors(pg, tmp_path, dbname
     r = env.cli("rollback", "prod", "--discard-writes")
     assert r.returncode == 8 and "is not the database cutover" in r.stderr, r.stderr
     assert env.oid(env.prod) == b_oid and env.revision() == V20
+
+
+def test_replicate_sigint_after_the_swap_does_not_abort(pg, tmp_path, dbname):
+    """The replicate mode's swap, interrupted right after it committed: nothing is undone (before:
+    the abort ran over the new release), and --resume finishes it."""
+    env = make_env(pg, tmp_path, dbname)
+    d, fenv = pause_env(tmp_path, "cutover:swapped-unrecorded")
+    proc = popen_cli("--config", env.cfg, "cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate",
+                     "--drain-timeout", "0.5", env=fenv)
+    wait_for(d / "cutover:swapped-unrecorded.reached", proc, timeout=240)
+    build_oid = env.journal()["facts"]["build"]["oid"]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5 and "after its swap" in err, (proc.returncode, err)
+    assert env.oid(env.prod) == build_oid
+    r = env.cli("cutover", "prod", "--resume", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outcome"] == "done" and env.oid(env.prod) == build_oid and env.revision() == V20

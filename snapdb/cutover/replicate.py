@@ -53,7 +53,7 @@ from ..replication import follow, largeobjects, slots
 from ..restore import Build, RestoreOptions
 from ..snapshot import take_snapshot
 from ..verify import count_tables, table_sums
-from . import freeze, journal, proof, run
+from . import freeze, journal, proof, rswap, run
 
 from .rsides import (  # noqa: F401  (rep_name, rev_name, b_server: used by api and reverse)
     OWN_TABLES as _OWN_TABLES, a as _a, b as _b, b_maint, b_name as _b_name, b_server, plan as _plan, rep_name,
@@ -107,6 +107,8 @@ def proceed(ctx: run.Context) -> run.CutoverResult:
             raise
         reason = exc.message if isinstance(exc, SnapdbError) else ("interrupted" if isinstance(exc, KeyboardInterrupt)
                                                                     else first_line(exc))
+        if rswap.swap_may_have_committed(ctx):
+            run.raise_after_swap(ctx, reason, record_committed_swap)
         abort_before_swap(ctx, reason)
         raise AbortedError(f"cutover of {ctx.service!r} to {j.tag} aborted at step {j.step}: {reason}",
                            hint=f"{ctx.service!r} serves again as before, unfrozen, and took every write; nothing was "
@@ -382,9 +384,10 @@ def _prove(ctx: run.Context) -> None:
     a_conns = [_a(ctx) for _ in range(max(1, ctx.jobs // 2 or 1))]
     b_conns = [_b(ctx) for _ in range(max(1, ctx.jobs // 2 or 1))]
     try:
-        tables = [(t.schema, t.name) for t in replicated_tables(a_conns[0])]
+        refs = replicated_tables(a_conns[0])
+        tables = [(t.schema, t.name) for t in refs]
         j.note(ctx.store, a_tables=[f"{s}.{n}" for s, n in tables])
-        counted = [(s, n) for s, n in tables if f"{s}.{n}" not in excluded]
+        counted, deferred = _within_count_budget([t for t in refs if f"{t.schema}.{t.name}" not in excluded])
         import threading
 
         res: dict = {}
@@ -411,7 +414,27 @@ def _prove(ctx: run.Context) -> None:
                           + (f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""))
     j.end(ctx.store, "prove", proof={"unchanged": True, "by": "decoded WAL and catalog fingerprint",
                                      "counts": {"tables": len(counted), "rows": sum(res["a"].values()),
-                                                "not_counted": sorted(excluded)}})
+                                                "not_counted": sorted(excluded),
+                                                "deferred_to_compare": deferred}})
+
+
+#: Inside the freeze the proof counts rows only up to this many bytes of tables (smallest
+#: first), so that the window does not grow with the database: the fence already proves B
+#: applied everything A wrote, and the larger tables are compared in full (rows and content
+#: checksums) right after the swap, on B's state as it was swapped in (`_compare`).
+COUNT_BUDGET_BYTES = 64 * 1024 * 1024
+
+
+def _within_count_budget(refs: list) -> tuple[list[tuple[str, str]], list[str]]:
+    """(tables to count inside the freeze, names of those deferred to the comparison)."""
+    counted, deferred, used = [], [], 0
+    for t in sorted(refs, key=lambda t: (t.bytes, t.schema, t.name)):
+        if used + t.bytes <= COUNT_BUDGET_BYTES:
+            counted.append((t.schema, t.name))
+            used += t.bytes
+        else:
+            deferred.append(f"{t.schema}.{t.name}")
+    return counted, deferred
 
 
 # -- 10. compare ------------------------------------------------------------------------------------------
@@ -446,8 +469,8 @@ def _compare(ctx: run.Context) -> None:
             result = {"matches": not diffs, "differences": diffs[:20], "tables_compared": len(same),
                       "tables_counted": len(counts_only), "not_compared": sorted(excluded - kept_counts)}
             if diffs:
-                ctx.result.warnings.append(f"the set-aside database {aside!r} and the new one differ: {diffs[0]}"
-                                           + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""))
+                run.warn(ctx, f"the set-aside database {aside!r} and the new one differ: {diffs[0]}"
+                              + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""))
     finally:
         if not _plan(ctx).get("reverse"):
             ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))

@@ -64,6 +64,23 @@ def record_committed_swap(ctx: run.Context) -> None:
           set_aside=j.facts["aside"], swapped_at=None, freeze_window_seconds=None)
 
 
+def swap_may_have_committed(ctx: run.Context) -> bool:
+    """After a failure: did the swap commit (B named SERVICE on its server, or, across servers,
+    A already set aside)? True when that cannot be told: never abort over a committed swap."""
+    j = ctx.j
+    build = j.facts.get("build") or {}
+    if not build.get("oid") or not j.facts.get("aside"):
+        return False
+    try:
+        if not same_server(ctx) and _a_set_aside(ctx):
+            return True
+        row = b_maint(ctx).execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s",
+                                   (ctx.dbname,)).fetchone()
+        return bool(row) and int(row[0]) == int(build["oid"])
+    except (SnapdbError, psycopg.Error):
+        return True
+
+
 def _a_set_aside(ctx: run.Context) -> bool:
     """Whether A, on its own server, already has its set-aside name (and the service's is free)."""
     a_oid = ctx.j.facts.get("a_oid")

@@ -208,11 +208,11 @@ def swap_may_have_committed(ctx: Context) -> bool:
             return True
 
 
-def raise_after_swap(ctx: Context, reason: str) -> None:
-    """A failure once the swap may have committed: record it if it did, never abort, and say
-    how to finish."""
+def raise_after_swap(ctx: Context, reason: str, record: Callable | None = None) -> None:
+    """A failure once the swap may have committed: record it if it did (`record`: the mode's
+    way, default snapshot mode's), never abort, and say how to finish."""
     try:
-        record_committed_swap(ctx)
+        (record or record_committed_swap)(ctx)
     except (SnapdbError, psycopg.Error):
         pass  # --resume records it
     raise TargetError(f"the cutover of {ctx.service!r} to {ctx.j.tag} was interrupted after its swap: {reason}",
