@@ -28,7 +28,6 @@ import datetime
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,32 +37,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from cutover_soak import build_template, cli  # noqa: E402  (bench/, this script's folder)
 from snapdb.cluster import Cluster  # noqa: E402
-from tests.loadharness import SCHEMA, Harness, check, read_logs, unavailability  # noqa: E402
+from tests.loadharness import Harness, check, read_logs, unavailability  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[window {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snapdb", "--config", str(cfg), *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=3600)
-
-
-def build_template(c: Cluster, name: str, filler_mb: int) -> int:
-    c.psql(f'CREATE DATABASE "{name}"')
-    with c.connect(name) as conn:
-        conn.execute((ROOT / "fixtures" / "service0.sql").read_text())
-        conn.execute(SCHEMA)
-        conn.execute("GRANT USAGE ON SCHEMA lh TO lh_app; GRANT ALL ON ALL TABLES IN SCHEMA lh TO lh_app; "
-                     "GRANT ALL ON ALL SEQUENCES IN SCHEMA lh TO lh_app")
-        rows = filler_mb * 1024 * 1024 // 190
-        conn.execute("CREATE TABLE app.filler (id int PRIMARY KEY, pad text)")
-        conn.execute("INSERT INTO app.filler SELECT g, md5(random()::text) || md5(random()::text) || "
-                     "md5(random()::text) || md5(random()::text) FROM generate_series(1, %s) g", (rows,))
-        conn.execute("VACUUM ANALYZE")  # autocommit: hint bits set once, in the template
-        return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
 def run_size(c: Cluster, work: Path, label: str, template: str, rounds: int, writers: int, modes: list[str]) -> list:

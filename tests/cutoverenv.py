@@ -58,31 +58,7 @@ class Env:
 
 def make_env(pg, tmp_path: Path, dbname: str, *, hooks: str = "", rehearse: bool = True) -> Env:
     """service0 + harness tables as production service `prod`, rehearsed on `dev`."""
-    prod = dbname
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(prod)))
-    with pg.connect() as conn:  # the application's login role: not a superuser (no freeze stops those)
-        conn.execute("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lh_app') THEN "
-                     "CREATE ROLE lh_app LOGIN; END IF; END$$")
-    with pg.connect(prod) as conn:
-        conn.execute((ROOT / "fixtures" / "service0.sql").read_text())
-        conn.execute(SCHEMA)
-        conn.execute("GRANT USAGE ON SCHEMA lh TO lh_app; GRANT ALL ON ALL TABLES IN SCHEMA lh TO lh_app; "
-                     "GRANT ALL ON ALL SEQUENCES IN SCHEMA lh TO lh_app")
-    mig = tmp_path / "migrations"
-    shutil.copytree(ROOT / "migrations", mig, ignore=shutil.ignore_patterns("__pycache__"))
-    store = tmp_path / "store"
-    cfg = tmp_path / "snapdb.toml"
-    cfg.write_text(
-        f'[store]\nurl = "{store}"\n\n[upgrade]\nmigrations = "{mig}"\n\n'
-        f'[services.prod]\nurl = "{pg.url(prod)}"\nrole = "production"\n{hooks}\n'
-        f'[services.dev]\nurl = "{pg.url(prod + "_dev")}"\nrole = "dev"\n')
-    env = Env(pg, prod, prod + "_dev", str(cfg), store, tmp_path)
-    for args in [["snapshot", "prod"], ["restore", "--into", "dev", "--from", "prod"]] + (
-            [["upgrade", "dev", "--to", "v2.0"]] if rehearse else []):
-        r = env.cli(*args)
-        assert r.returncode == 0, (args, r.stderr)
-    return env
+    return make_env_named(pg, tmp_path, dbname, dbname + "_dev", hooks=hooks, rehearse=rehearse)
 
 
 def make_env_named(pg, tmp_path: Path, prod: str, dev: str, *, hooks: str = "", rehearse: bool = True,

@@ -49,6 +49,17 @@ def _paused(env, tmp_path, step: str, *args: str):
     return proc, d / f"cutover:{step}.go"
 
 
+def _write_behind_snapdbs_back(pg, dbname: str, statement: str) -> None:
+    """A write into a closed, read-only set-aside database, as a superuser could make it."""
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+    with pg.connect(dbname) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute(statement)
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(dbname)))
+
+
 def _finish(proc, go) -> tuple[int, str, str]:
     go.touch()
     out, err = proc.communicate(timeout=300)
@@ -86,13 +97,7 @@ def test_failed_comparison_exits_nonzero_and_receipt_keeps_failed_hooks(pg, tmp_
     env = make_env(pg, tmp_path, dbname, hooks=hooks)
     proc, go = _paused(env, tmp_path, "swap", "--json")
     aside = env.journal()["facts"]["set_aside"]
-    with pg.connect() as conn:  # a write reaches the set-aside database behind snapdb's back
-        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(aside)))
-    with pg.connect(aside) as conn:
-        conn.execute("SET default_transaction_read_only = off")
-        conn.execute("INSERT INTO lh.counters VALUES (999, 1)")
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(aside)))
+    _write_behind_snapdbs_back(pg, aside, "INSERT INTO lh.counters VALUES (999, 1)")
     code, out, err = _finish(proc, go)
     assert code == 7, err  # IntegrityError's code: the new release serves, but a write may be missing
     res = json.loads(out)
@@ -109,13 +114,7 @@ def test_failed_comparison_exits_nonzero_and_receipt_keeps_failed_hooks(pg, tmp_
     assert r.returncode == 0, r.stderr
     proc, go = _paused(env, tmp_path / "again", "swap")
     aside = env.journal()["facts"]["set_aside"]
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(aside)))
-    with pg.connect(aside) as conn:
-        conn.execute("SET default_transaction_read_only = off")
-        conn.execute("DELETE FROM lh.counters")
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(aside)))
+    _write_behind_snapdbs_back(pg, aside, "DELETE FROM lh.counters")
     code, _, err = _finish(proc, go)
     assert code == 7 and "zero-loss check FAILED" in err and "zero-loss check: no write" not in err, err
 

@@ -182,14 +182,7 @@ def start(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own: li
 
 def _locked_session(cfg: Config, service: str, maintenance_db: str) -> psycopg.Connection:
     """A session on the maintenance database holding the service's server-wide lock (`locks`)."""
-    ep = _service(cfg, service).admin()
-    maint = control_session(ep, TargetError, dbname=maintenance_db)
-    try:
-        locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
-    except BaseException:
-        maint.close()
-        raise
-    return maint
+    return run.locked_session(_service(cfg, service).admin(), service, maintenance_db)
 
 
 def _start_locked(cfg, service, tag, store, mdir, p, maint, *, freeze_mode, timeout, drain_timeout, jobs,
@@ -497,11 +490,7 @@ def _swap_back(cfg: Config, service: str, store: Store, j: journal.Journal, main
                                   release_probe=release_probe, database_props=DatabaseProps(**st.props))
                 out.writes_snapshot = m.id
             # B closed to connections, its last sessions ended under the locks, then the swap
-            maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ep.dbname)))
-            for (pid,) in maint.execute("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s "
-                                        "AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s",
-                                        (ep.dbname, hold.conn.info.backend_pid)).fetchall():
-                maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+            freeze.close_and_end_sessions(maint, ep.dbname, hold.conn.info.backend_pid)
         finally:
             hold.close()
         gone = names.rolledback_name(ep.dbname, mf.utcnow())

@@ -243,6 +243,15 @@ def others(conn: psycopg.Connection, st: FreezeState, dbname: str | None = None)
          st.own_user)).fetchall()
 
 
+def close_and_end_sessions(conn: psycopg.Connection, dbname: str, keep_pid: int) -> None:
+    """Close `dbname` to new connections and end every session on it but `keep_pid`'s (the
+    locks' own) and `conn`'s: a write waiting for the locks never gets to run."""
+    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_db(dbname)))
+    for (pid,) in conn.execute("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s "
+                               "AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s", (dbname, keep_pid)).fetchall():
+        conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+
+
 def terminate_others(conn: psycopg.Connection, st: FreezeState) -> int:
     n = 0
     for pid, *_ in others(conn, st):

@@ -180,11 +180,7 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
                     seqs = follow.copy_sequences(b, a)
                 out.writes = {**out.writes, "carried_back": True, "fence_waited_seconds": round(waited, 4),
                               "sequences": seqs}
-                maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ep.dbname)))
-                for (pid,) in maint.execute("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = %s "
-                                            "AND pid <> pg_catalog.pg_backend_pid() AND pid <> %s",
-                                            (ep.dbname, hold.conn.info.backend_pid)).fetchall():
-                    maint.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+                freeze.close_and_end_sessions(maint, ep.dbname, hold.conn.info.backend_pid)
             finally:
                 hold.close()
             gate = j.facts.get("aside_gate")

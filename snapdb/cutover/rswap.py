@@ -18,7 +18,7 @@ from psycopg import sql
 
 from .. import faults, manifest as mf, names, relations
 from ..errors import SnapdbError, TargetError
-from ..postgres import connect, first_line, open_data_session
+from ..postgres import first_line, open_data_session
 from . import freeze, hooks, run
 from .rsides import b as _b, b_maint, b_server, same_server
 
@@ -81,6 +81,15 @@ def swap_may_have_committed(ctx: run.Context) -> bool:
         return True
 
 
+def _close_and_prove(ctx: run.Context) -> None:
+    """A closed, its other sessions ended under the locks, and proved unchanged once more
+    (`run.close_and_prove`); the locks taken again first if a resumed run lost them."""
+    if ctx.hold is None or not ctx.hold.alive():
+        ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
+        run._refuse_changes(ctx, run._changes_since_freeze(ctx))
+    run.close_and_prove(ctx, "cutover:a-closed")
+
+
 def _a_set_aside(ctx: run.Context) -> bool:
     """Whether A, on its own server, already has its set-aside name (and the service's is free)."""
     a_oid = ctx.j.facts.get("a_oid")
@@ -110,13 +119,7 @@ def _swap(ctx: run.Context) -> None:
         j.note(ctx.store, aside=aside)
         swapping.close_build(ctx.maint, build["name"])
         run._end_sessions(ctx, build["name"], keep=None)
-        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
-        j.note(ctx.store, closed=True)
-        faults.checkpoint("cutover:a-closed")
-        run._end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
-        if ctx.hold is not None:
-            ctx.hold.close()
-            ctx.hold = None
+        _close_and_prove(ctx)
         baseline = run._write_counters(ctx.maint, build["name"])
         swapping.swap_in(ctx.maint, ctx.dbname, build["name"], build["oid"], aside=aside)
     else:
@@ -155,13 +158,7 @@ def _swap_other_server(ctx: run.Context, st_b: freeze.FreezeState) -> tuple[str,
               new_database=ctx.dbname)
     aside = j.facts.get("aside") or names.pre_name(ctx.dbname, j.tag, mf.utcnow())
     j.note(ctx.store, aside=aside)
-    ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
-    j.note(ctx.store, closed=True)
-    faults.checkpoint("cutover:a-closed")
-    run._end_sessions(ctx, ctx.dbname, keep=ctx.hold.conn.info.backend_pid if ctx.hold else None)
-    if ctx.hold is not None:
-        ctx.hold.close()
-        ctx.hold = None
+    _close_and_prove(ctx)
     run._end_sessions(ctx, ctx.dbname, keep=None)
     ctx.maint.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(ctx.dbname), sql.Identifier(aside)))
     faults.checkpoint("cutover:a-set-aside")
@@ -213,17 +210,5 @@ def _ungate(ctx: run.Context, st_b: freeze.FreezeState) -> None:
 
 
 def _accepts_writes(ctx: run.Context) -> float:
-    deadline = time.time() + 30
-    ep = b_server(ctx).with_dbname(ctx.dbname)
-    while True:
-        try:
-            with connect(ep, TargetError, autocommit=True) as conn:
-                ro, rec = conn.execute("SELECT current_setting('default_transaction_read_only'), "
-                                       "pg_catalog.pg_is_in_recovery()").fetchone()
-                if ro == "off" and not rec:
-                    return time.time()
-        except TargetError:
-            pass
-        if time.time() > deadline:
-            raise TargetError(f"{ctx.service!r} does not accept writes after the swap")
-        time.sleep(0.01)
+    """When a new session on SERVICE, on B's server, is read-write (`run._accepts_writes`)."""
+    return run._accepts_writes(ctx, b_server(ctx).with_dbname(ctx.dbname), poll=0.01)

@@ -509,16 +509,7 @@ def _swap(ctx: Context) -> None:
     if ctx.hold is None or not ctx.hold.alive():  # the locks were lost since the proof: prove again in full
         ctx.hold = freeze.Hold(ctx.ep, ctx.st, ctx.ep.with_dbname(ctx.maintenance_db))
         _refuse_changes(ctx, _changes_since_freeze(ctx))
-    # A: no new session can arrive; the locks hold until every other session is gone; then the
-    # final proof, on sessions opened before the close (A accepts none now)
-    with _proof_session(ctx) as session:
-        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
-        j.note(ctx.store, closed=True)
-        _end_sessions(ctx, ctx.dbname, keep=(ctx.hold.conn.info.backend_pid, session.info.backend_pid))
-        faults.checkpoint("cutover:closed")
-        _refuse_changes(ctx, _changes_since_freeze(ctx, session, final=True))
-    ctx.hold.close()
-    ctx.hold = None
+    close_and_prove(ctx, "cutover:closed")
     baseline = _write_counters(ctx.maint, build["name"])  # B is closed and idle: its counters are final
     swapping.swap_in(ctx.maint, ctx.dbname, build["name"], build["oid"], aside=aside)
     faults.checkpoint("cutover:swapped-unrecorded")
@@ -537,6 +528,22 @@ def _swap(ctx: Context) -> None:
                   "old one)")
 
 
+def close_and_prove(ctx: Context, checkpoint: str) -> None:
+    """Close A to connections, end every other session on it while the table locks still hold
+    (a write waiting for them never runs), then prove once more, on a session opened before the
+    close, that A took nothing since the freeze point: a ``nextval()`` or a large-object write
+    needs no table lock, so the proof made before this point cannot be the last word. The
+    locks are released last."""
+    with _proof_session(ctx) as session:
+        ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(ctx.dbname)))
+        ctx.j.note(ctx.store, closed=True)
+        _end_sessions(ctx, ctx.dbname, keep=(ctx.hold.conn.info.backend_pid, session.info.backend_pid))
+        faults.checkpoint(checkpoint)
+        _refuse_changes(ctx, _changes_since_freeze(ctx, session, final=True))
+    ctx.hold.close()
+    ctx.hold = None
+
+
 def _write_counters(conn: psycopg.Connection, dbname: str) -> dict:
     """A database's row-change counters (pg_stat_database), as a baseline for "took writes since"."""
     row = conn.execute("SELECT tup_inserted, tup_updated, tup_deleted FROM pg_catalog.pg_stat_database "
@@ -544,14 +551,14 @@ def _write_counters(conn: psycopg.Connection, dbname: str) -> dict:
     return {"tup_inserted": row[0], "tup_updated": row[1], "tup_deleted": row[2]} if row else {}
 
 
-def _accepts_writes(ctx: Context) -> float:
+def _accepts_writes(ctx: Context, ep: Endpoint | None = None, poll: float = 0.02) -> float:
     """Wait until a new session on the service's database would be read-write (open to
     connections, not read-only by default, not in recovery); return when (the end of the
     freeze window). Nothing is written."""
     deadline = time.time() + 30
     while True:
         try:
-            with connect(ctx.ep, TargetError, autocommit=True) as conn:
+            with connect(ep or ctx.ep, TargetError, autocommit=True) as conn:
                 ro, rec = conn.execute("SELECT current_setting('default_transaction_read_only'), "
                                        "pg_catalog.pg_is_in_recovery()").fetchone()
                 if ro == "off" and not rec:
@@ -560,7 +567,7 @@ def _accepts_writes(ctx: Context) -> float:
             pass
         if time.time() > deadline:
             raise TargetError(f"{ctx.service!r} does not accept writes after the swap")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def _swapped(ctx: Context) -> bool:
@@ -704,12 +711,7 @@ def open_context(cfg: Config, service: str, store: Store, j: journal.Journal, *,
     svc = cfg.services[service]
     ep = svc.admin()
     if maint is None:
-        maint = control_session(ep, TargetError, dbname=maintenance_db)
-        try:
-            locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
-        except BaseException:
-            maint.close()
-            raise
+        maint = locked_session(ep, service, maintenance_db)
     ctx = Context(cfg=cfg, service=service, svc=svc, ep=ep, store=store, j=j, maint=maint,
                   maintenance_db=maintenance_db, jobs=jobs, reporter=reporter, release_probe=release_probe, mdir=mdir)
     timeout = j.facts.get("timeout")
@@ -722,6 +724,17 @@ def open_context(cfg: Config, service: str, store: Store, j: journal.Journal, *,
                                warnings=list(dict.fromkeys([*((j.facts.get("plan") or {}).get("warnings") or []),
                                                             *j.facts.get("warnings", [])])))
     return ctx
+
+
+def locked_session(ep: Endpoint, service: str, maintenance_db: str) -> psycopg.Connection:
+    """A session on the maintenance database holding the service's server-wide lock (`locks`)."""
+    maint = control_session(ep, TargetError, dbname=maintenance_db)
+    try:
+        locks.acquire(maint, ep.dbname, "cutover", f"{service!r} ({ep.host}:{ep.port}/{ep.dbname})")
+    except BaseException:
+        maint.close()
+        raise
+    return maint
 
 
 def close_context(ctx: Context) -> None:
