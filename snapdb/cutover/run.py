@@ -428,21 +428,25 @@ def _reopen_build(ctx: Context, dbname: str) -> None:
             ctx.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
 
 
-def _build_fingerprint(ctx: Context) -> dict:
+def _build_fingerprint(ctx: Context, counters: dict | None = None) -> dict:
+    """B's catalog fingerprint (and, into `counters`, its user tables' row-change counters)."""
     with connect(ctx.ep.with_dbname(ctx.j.facts["build"]["name"]), TargetError, autocommit=True) as conn:
+        if counters is not None:
+            counters.update(user_counters(conn))
         return fingerprint.fingerprint(conn)
 
 
 def _check_build_unchanged(ctx: Context) -> None:
     """B as the upgrade left it (nothing but snapdb can connect to it; this catches what a
     superuser might still do); its sequences recorded (a rollback refuses when they moved)."""
-    now = _build_fingerprint(ctx)
+    counters: dict = {}
+    now = _build_fingerprint(ctx, counters)  # only snapdb can be on B: its counters are the baseline of a rollback
     before = ctx.j.facts.get("b_fingerprint")
     moved = fingerprint.diff(before, now, ignore_schemas=(SNAPDB_SCHEMA,)) if before else []
     if moved:
         raise IntegrityError(f"the new database {ctx.j.facts['build']['name']!r} changed after its upgrade: {moved[0]}",
                              hint="something else writes to snapdb's build")
-    ctx.j.note(ctx.store, b_sequences=now["sequences"])
+    ctx.j.note(ctx.store, b_sequences=now["sequences"], b_user_counters=counters)
 
 
 # -- 5. upgrade ----------------------------------------------------------------------------------------------
@@ -526,6 +530,23 @@ def _swap(ctx: Context) -> None:
     except hooks.HookFailed as exc:
         warn(ctx, f"{exc.message}; the new release stays in place (`snapdb rollback {ctx.service}` returns to the "
                   "old one)")
+
+
+def user_counters(conn: psycopg.Connection) -> dict:
+    """Row changes counted in the user tables of `conn`'s database (snapdb's schema aside)."""
+    row = conn.execute("SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_del), 0) "
+                       "FROM pg_catalog.pg_stat_user_tables WHERE schemaname <> %s", (SNAPDB_SCHEMA,)).fetchone()
+    return {"tup_inserted": int(row[0]), "tup_updated": int(row[1]), "tup_deleted": int(row[2])}
+
+
+def wait_sessions_gone(conn: psycopg.Connection, dbname: str, keep: tuple[int, ...] = (), timeout: float = 10.0) -> None:
+    """Wait until no session but `conn`'s and `keep` is on `dbname` (ended ones exit, and flush
+    their statistics, a moment after `pg_terminate_backend` returns)."""
+    deadline = time.monotonic() + timeout
+    while conn.execute("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s "
+                       "AND pid <> pg_catalog.pg_backend_pid() AND NOT pid = ANY(%s)",
+                       (dbname, list(keep))).fetchone()[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def close_and_prove(ctx: Context, checkpoint: str) -> None:
