@@ -339,6 +339,9 @@ class Build:
         if self.opts.scrub is not None:  # verified first (it proves what was restored), then scrubbed
             self.scrubbed = scrub.run(self.hold.conn, self.opts.scrub, build=self.tmp, target=self.target,
                                       service=self.opts.service)
+            # the statistics ANALYZE took above (same transaction) sampled the rows before the scrub:
+            # most_common_vals and histogram_bounds would keep production values; take them again
+            self.hold.conn.execute("ANALYZE")
             self._fingerprint = fingerprint.fingerprint(self.hold.conn)  # the seal compares with the scrubbed copy
             faults.checkpoint("restore:scrubbed")
         history.record_restore(self.server, self.tmp, self.target, self.manifest, conn=self.hold.conn)

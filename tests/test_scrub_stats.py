@@ -1,4 +1,4 @@
-"""After a scrubbed restore, production e-mails are still in the target: the restore runs
+"""Issue 9, review finding 1 (fixed): after a scrubbed restore no production e-mail may remain in the target, not even in its statistics: the restore runs
 ANALYZE on the build *before* the scrub rules, so pg_statistic (readable through pg_stats by any
 role with SELECT on the column, e.g. the dev app's role) keeps the unscrubbed values as
 most_common_vals / histogram_bounds. Acceptance 4: "no row of the target holds a production
@@ -10,7 +10,7 @@ import sys
 
 import psycopg
 
-from tests.conftest import create_db, ensure_roles, pg  # noqa: F401
+from .conftest import create_db, ensure_roles
 
 SRC = """CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL);
 INSERT INTO customers SELECT i, 'c' || i || '@prod.example.com' FROM generate_series(1, 2000) i;
