@@ -442,20 +442,9 @@ def rollback(cfg: Config, service: str, store: Store, *, jobs: int, maintenance_
 
             out.dropped_set_aside, dropped_warnings = copies.rotate(maint, ep.dbname, svc.keep_set_aside, out.set_aside)
             out.warnings += dropped_warnings
-    rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
-    rec.ended_at = mf.utcnow().isoformat()
-    rec.error = None
-    rec.seconds = round(time.monotonic() - started, 3)
-    try:
-        history.write_catalog(store, rec)
-    except SnapdbError as exc:
-        out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
-    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
-           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot)
-    if j.state in ("running", "aborting"):
-        j.close(store, "aborted")
-    out.seconds = time.monotonic() - started
-    return out
+    from .reverse import record_rollback
+
+    return record_rollback(store, j, ep, out, started)
 
 
 def _swap_back(cfg: Config, service: str, store: Store, j: journal.Journal, maint: psycopg.Connection, ep,

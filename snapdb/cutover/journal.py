@@ -212,33 +212,25 @@ def read_receipt(store: Store, cutover_id: str) -> dict:
         raise StoreError(f"no cutover receipt {cutover_id!r} in {store.describe()}") from None
 
 
+def _read_quietly(store: Store, key: str) -> Journal | None:
+    """The journal at `key`, or None when it is gone or unreadable (listings skip those)."""
+    try:
+        with store.reader(key) as f:
+            data = json.loads(f.read())
+        data["steps"] = [Step(**s) for s in data.get("steps", [])]
+        return Journal(**data)
+    except (MissingError, json.JSONDecodeError, TypeError):
+        return None
+
+
 def all_journals(store: Store) -> list[Journal]:
     """The current journal of every service that had a cutover."""
-    out = []
-    for key in store.list(PREFIX):
-        if key.endswith("/journal.json"):
-            try:
-                with store.reader(key) as f:
-                    data = json.loads(f.read())
-                data["steps"] = [Step(**s) for s in data.get("steps", [])]
-                out.append(Journal(**data))
-            except (MissingError, json.JSONDecodeError, TypeError):
-                continue
-    return out
+    found = (_read_quietly(store, key) for key in store.list(PREFIX) if key.endswith("/journal.json"))
+    return [j for j in found if j is not None]
 
 
 def finished(store: Store, service: str) -> list[Journal]:
     """Every finished (done or aborted) cutover of `service`, in no particular order."""
-    out = []
-    prefix = f"{PREFIX}{service_key(service)}/"
-    for key in store.list(prefix):
-        if key.endswith("/journal.json") or not key.endswith(".json"):
-            continue
-        try:
-            with store.reader(key) as f:
-                data = json.loads(f.read())
-            data["steps"] = [Step(**s) for s in data.get("steps", [])]
-            out.append(Journal(**data))
-        except (MissingError, json.JSONDecodeError, TypeError):
-            continue
-    return out
+    found = (_read_quietly(store, key) for key in store.list(f"{PREFIX}{service_key(service)}/")
+             if key.endswith(".json") and not key.endswith("/journal.json"))
+    return [j for j in found if j is not None]

@@ -105,14 +105,7 @@ def proceed(ctx: run.Context) -> run.CutoverResult:
     except (SnapdbError, psycopg.Error, KeyboardInterrupt) as exc:
         if j.done("swap"):
             raise
-        reason = exc.message if isinstance(exc, SnapdbError) else ("interrupted" if isinstance(exc, KeyboardInterrupt)
-                                                                    else first_line(exc))
-        if rswap.swap_may_have_committed(ctx):
-            run.raise_after_swap(ctx, reason, record_committed_swap)
-        abort_before_swap(ctx, reason)
-        raise AbortedError(f"cutover of {ctx.service!r} to {j.tag} aborted at step {j.step}: {reason}",
-                           hint=f"{ctx.service!r} serves again as before, unfrozen, and took every write; nothing was "
-                                "lost" + (f" ({exc.hint})" if isinstance(exc, SnapdbError) and exc.hint else "")) from None
+        run.fail_before_swap(ctx, exc, rswap.swap_may_have_committed, record_committed_swap, abort_before_swap)
     if not j.done("compare"):
         _compare(ctx)
     faults.checkpoint("cutover:compare")

@@ -202,20 +202,8 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
         freeze.release(maint, freeze.FreezeState.from_json(j.facts["freeze"]), ep.dbname)
         maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(ep.dbname)))
         out.set_aside = gone
-    rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
-    rec.ended_at = mf.utcnow().isoformat()
-    rec.seconds = round(time.monotonic() - started, 3)
-    try:
-        history.write_catalog(store, rec)
-    except SnapdbError as exc:
-        out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
-    j.note(store, rolled_back=True, rolled_back_to=aside, rolled_back_set_aside=out.set_aside,
-           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot,
-           reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
-    if j.state in ("running", "aborting"):  # `--abort` of a run killed after its reverse step
-        j.close(store, "aborted")
-    out.seconds = time.monotonic() - started
-    return out
+    return record_rollback(store, j, ep, out, started,
+                           reverse={**j.facts["reverse"], "active": False, "ended_at": mf.utcnow().isoformat()})
 
 
 def _new_table_writes(conn: psycopg.Connection, baseline: dict, j: journal.Journal) -> dict:
@@ -227,3 +215,22 @@ def _new_table_writes(conn: psycopg.Connection, baseline: dict, j: journal.Journ
     changed = {t: now.get(t, 0) - int(baseline.get(t, 0)) for t in only_b if now.get(t, 0) != int(baseline.get(t, 0))}
     summary = ", ".join(f"{t}: {n} rows changed" for t, n in sorted(changed.items())) or "none"
     return {"changed": bool(changed), "summary": f"tables only the new release has: {summary}", "tables": changed}
+
+
+def record_rollback(store: Store, j: journal.Journal, ep: Endpoint, out: RollbackResult, started: float,
+                    **facts) -> RollbackResult:
+    """After a rollback's swap: its catalog record (a failure to write it is a warning), the
+    journal noted (`facts` added) and closed if it was unfinished (an `--abort`)."""
+    rec = history.new_record("rollback", ep, tag=j.tag, restored_from=out.writes_snapshot, outcome="succeeded")
+    rec.ended_at = mf.utcnow().isoformat()
+    rec.seconds = round(time.monotonic() - started, 3)
+    try:
+        history.write_catalog(store, rec)
+    except SnapdbError as exc:
+        out.warnings.append(f"rolled back, but recording it in the catalog failed: {exc.message}")
+    j.note(store, rolled_back=True, rolled_back_to=j.facts["set_aside"], rolled_back_set_aside=out.set_aside,
+           rolled_back_at=rec.ended_at, rolled_back_writes_snapshot=out.writes_snapshot, **facts)
+    if j.state in ("running", "aborting"):  # an `--abort` after the swap
+        j.close(store, "aborted")
+    out.seconds = time.monotonic() - started
+    return out

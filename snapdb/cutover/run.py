@@ -162,16 +162,9 @@ def proceed(ctx: Context) -> CutoverResult:
     except AbortedError:
         raise
     except (SnapdbError, psycopg.Error, KeyboardInterrupt) as exc:
-        reason = exc.message if isinstance(exc, SnapdbError) else ("interrupted" if isinstance(exc, KeyboardInterrupt)
-                                                                    else first_line(exc))
         if j.done("swap"):
             raise
-        if swap_may_have_committed(ctx):
-            raise_after_swap(ctx, reason)
-        abort_before_swap(ctx, reason)
-        raise AbortedError(f"cutover of {ctx.service!r} to {j.tag} aborted at step {j.step}: {reason}",
-                           hint=f"{ctx.service!r} serves again as before, unfrozen, and took every write; nothing was "
-                                "lost" + (f" ({exc.hint})" if isinstance(exc, SnapdbError) and exc.hint else "")) from None
+        fail_before_swap(ctx, exc, swap_may_have_committed, record_committed_swap, abort_before_swap)
     if not j.done("compare"):
         _compare(ctx)
     faults.checkpoint("cutover:compare")
@@ -188,6 +181,21 @@ def record_committed_swap(ctx: Context) -> None:
         ctx.st = freeze.FreezeState.from_json(j.facts["freeze"])
         j.end(ctx.store, "swap", note="the swap had committed when the run was interrupted; its window was not measured",
               set_aside=j.facts["aside"], swapped_at=None, freeze_window_seconds=None)
+
+
+def fail_before_swap(ctx: Context, exc: BaseException, committed: Callable, record: Callable,
+                     abort: Callable) -> None:
+    """A step failed (or was interrupted) before the swap was journaled: if the swap may have
+    committed (`committed(ctx)`), record it (`record`) and raise without undoing anything;
+    else undo the cutover (`abort(ctx, reason)`) and raise `AbortedError`. Always raises."""
+    reason = exc.message if isinstance(exc, SnapdbError) else ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                                                                else first_line(exc))
+    if committed(ctx):
+        raise_after_swap(ctx, reason, record)
+    abort(ctx, reason)
+    raise AbortedError(f"cutover of {ctx.service!r} to {ctx.j.tag} aborted at step {ctx.j.step}: {reason}",
+                       hint=f"{ctx.service!r} serves again as before, unfrozen, and took every write; nothing was "
+                            "lost" + (f" ({exc.hint})" if isinstance(exc, SnapdbError) and exc.hint else "")) from None
 
 
 def swap_may_have_committed(ctx: Context) -> bool:
