@@ -71,6 +71,11 @@ class ZstdSink:
         self._z = _compressor(self.level).stream_writer(self._hashing, closefd=False)
         return self
 
+    @property
+    def position(self) -> int:
+        """Uncompressed bytes written so far."""
+        return self.raw_size + len(self._buf)
+
     def write(self, data: bytes | memoryview) -> None:
         self._buf += data
         if len(self._buf) >= WRITE_BUFFER:

@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 
 #: the format snapdb writes; `READABLE` are the formats it restores and verifies (every earlier
 #: one: a snapshot written by an earlier release stays restorable)
-FORMAT = "snapdb-snapshot/2"
+#: (format 3 adds packed files: small tables share a data file, their parts carry ``offset`` and
+#: ``length`` in its decompressed stream; format 2 snapshots are format 3 without packs)
+FORMAT = "snapdb-snapshot/3"
 FORMAT_1 = "snapdb-snapshot/1"
-READABLE = (FORMAT_1, FORMAT)
+FORMAT_2 = "snapdb-snapshot/2"
+READABLE = (FORMAT_1, FORMAT_2, FORMAT)
 PREFIX = "snapshots/"
 MANIFEST = "manifest.json"
 SCHEMA_FILE = "schema.dump.zst"
@@ -46,7 +49,8 @@ def key(snapshot_id: str, path: str) -> str:
 class TableEntry:
     """One table: its copied columns, totals, and the files (parts) holding its rows.
 
-    Each part is ``{"file": path, "rows": n, "checksum": hex}``; the table's rows and checksum
+    Each part is ``{"file": path, "rows": n, "checksum": hex}``, plus ``offset`` and ``length``
+    (bytes of the decompressed stream) when the file is a pack of several tables (format 3); the table's rows and checksum
     are the sums of its parts' (see `snapdb.tabledata`). `load_via` ([schema, name], format 2)
     names the partition root its rows are loaded through, for partitions of a tree whose hash
     partitioning depends on enum OIDs: a restore may place such rows in other partitions, so

@@ -60,7 +60,7 @@ from .postgres import (
 from .progress import NULL, Reporter
 from .store import Store
 from .verify import verify_database, verify_files
-from .workers import Session, WorkerPool, load_part
+from .workers import Session, WorkerPool, load_pack
 
 log = logging.getLogger(__name__)
 
@@ -649,23 +649,36 @@ def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoi
 
 def _load_tables(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str,
                  reporter: Reporter) -> None:
-    """Load every table part in parallel (parts of one table load concurrently too); the row
-    count the server reports for each file must equal the manifest's."""
+    """Load every data file in parallel (the parts of one table concurrently too, the tables of a
+    pack one after another in one transaction, reading the file once); the row count the server
+    reports for each part must equal the manifest's."""
     sizes = {f.path: f.raw_size for f in manifest.files}
     session = Session(server, TargetError, dbname=tmp, encoding=manifest.database.encoding, readonly=False)
-    parts = sorted(((t, p) for t in manifest.tables for p in t.parts), key=lambda tp: -sizes.get(tp[1]["file"], 0))
-    reporter.phase("loading tables", total_bytes=sum(sizes.values()), total_items=len(parts))
+    by_file: dict[str, list] = {}
+    for t in manifest.tables:
+        for p in t.parts:
+            by_file.setdefault(p["file"], []).append((t, p))
+    files = sorted(by_file.items(), key=lambda fp: -sizes.get(fp[0], 0))
+    for path, parts in files:
+        if len(parts) > 1 or "offset" in parts[0][1]:
+            parts.sort(key=lambda tp: tp[1].get("offset", -1))
+            if any("offset" not in p or "length" not in p for _, p in parts):
+                raise IntegrityError(f"manifest of {manifest.id}: {path} holds several tables but not where each starts",
+                                     hint="the target was not touched; restore another snapshot")
+    reporter.phase("loading tables", total_bytes=sum(sizes.values()), total_items=sum(len(parts) for _, parts in files))
 
-    def done(index: int, stored: int) -> None:
-        t, p = parts[index]
-        if stored != p["rows"]:
-            raise IntegrityError(
-                f"table {t.schema}.{t.name}, {p['file']}: the server stored {stored} rows, the manifest says {p['rows']}",
-                hint="the target was not touched",
-            )
-        reporter.advance(items=1)
-        faults.checkpoint("restore:table-loaded")
+    def done(index: int, stored: list[int]) -> None:
+        path, parts = files[index]
+        for (t, p), n in zip(parts, stored):
+            if n != p["rows"]:
+                raise IntegrityError(
+                    f"table {t.schema}.{t.name}, {path}: the server stored {n} rows, the manifest says {p['rows']}",
+                    hint="the target was not touched",
+                )
+            reporter.advance(items=1)
+            faults.checkpoint("restore:table-loaded")
 
-    pool.run_items(load_part, [(session, store, mf.key(manifest.id, p["file"]), t.load_ref()) for t, p in parts],
-                   [sizes.get(p["file"], 0) for _, p in parts], on_done=done)
+    tasks = [(session, store, mf.key(manifest.id, path),
+              [(t.load_ref(), p.get("offset"), p.get("length")) for t, p in parts]) for path, parts in files]
+    pool.run_items(load_pack, tasks, [sizes.get(path, 0) for path, _ in files], on_done=done)
     reporter.done()

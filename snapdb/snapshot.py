@@ -47,7 +47,7 @@ from .postgres import (
 from .progress import NULL, Reporter
 from .store import Store, lease
 from .tabledata import CHECKSUM, ZERO, add_checksums, plan_parts
-from .workers import Session, WorkerPool, dump_part
+from .workers import Session, WorkerPool, dump_pack
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             version_num = main.info.server_version
             sysid = system_identifier(main)
             release = release_probe(main) if release_probe else None
+            exclusions = data_exclusions(main, [(t.schema, t.name) for t in tables + unlogged]
+                                         + [(q.schema, q.name) for q in sequences])
         except psycopg.Error as exc:
             raise SourceError(f"reading the source catalog failed: {first_line(exc)}") from None
         except relations.TablesChanging as exc:
@@ -158,8 +160,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
                     "-f", str(dump_path)]
             # rows of copied tables, and sequence values: sequences are not transactional, so
             # pg_dump's later reading could differ from the manifest's; restore sets them itself
-            argv += [f"--exclude-table-data={_pattern(t.schema, t.name)}" for t in tables + unlogged]
-            argv += [f"--exclude-table-data={_pattern(q.schema, q.name)}" for q in sequences]
+            argv += [f"--exclude-table-data={p}" for p in exclusions]
             argv += pgtools.conninfo_arg(source.conninfo())
 
             dump_procs: list = []
@@ -241,43 +242,116 @@ def _subscriptions(conn: psycopg.Connection) -> list[str]:
            WHERE d.datname = pg_catalog.current_database() ORDER BY 1""").fetchall()]
 
 
-def _pattern(schema: str, name: str) -> str:
-    """pg_dump name pattern matching exactly this relation (quoted: no wildcard applies)."""
+def data_exclusions(conn: psycopg.Connection, excluded: list[tuple[str, str]]) -> list[str]:
+    """pg_dump ``--exclude-table-data`` patterns matching exactly the relations `excluded`.
+
+    A schema all of whose relations with data (tables, sequences, materialized views) are
+    excluded gets one pattern, ``"schema".*`` (the views, foreign and partitioned tables it also
+    matches have no data to dump); other schemas list their excluded relations one by one. So
+    tens of thousands of tables make a short command line (ARG_MAX) and pg_dump runs one catalog
+    query per schema, not one per table."""
+    wanted = set(excluded)
+    by_schema: dict[str, list[str]] = {}
+    for schema, name in conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'S', 'm')").fetchall():
+        by_schema.setdefault(schema, []).append(name)
+    out = []
+    for schema in sorted(by_schema):
+        names = by_schema[schema]
+        if all((schema, n) in wanted for n in names):
+            out.append(_pattern(schema, None))
+        else:
+            out += [_pattern(schema, n) for n in sorted(names) if (schema, n) in wanted]
+    return out
+
+
+def _pattern(schema: str, name: str | None) -> str:
+    """pg_dump name pattern matching exactly this relation (quoted: no wildcard applies), or with
+    `name` None every relation of the schema."""
     q = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731
-    return f"{q(schema)}.{q(name)}"
+    return f"{q(schema)}.{q(name) if name is not None else '*'}"
+
+
+#: tables smaller than PACK_TABLE_BYTES on disk, read whole, share files ("packs", format 3) of
+#: at most PACK_TABLES tables and about PACK_BYTES: creating a file costs more than copying a small table
+PACK_TABLE_BYTES = 1 << 20
+PACK_BYTES = 8 << 20
+PACK_TABLES = 256
+
+
+def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, list[tuple[int, object]]]]:
+    """The data files of a snapshot: ``(path, [(table index, page range or None), ...])``.
+
+    A large table gets one file per page range (``data/NNNNN.PPP.copy.zst``), a table too large
+    to pack one file (``data/NNNNN.copy.zst``); the small ones are packed, in table order, into
+    ``data/pack-NNNNN.copy.zst`` (at least `jobs` packs when there are that many small tables, so
+    every worker has one)."""
+    files: list[tuple[str, list[tuple[int, object]]]] = []
+    small: list[int] = []
+    for i, t in enumerate(tables):
+        ranges = plan_parts(t, jobs, version_num)
+        if len(ranges) > 1:
+            files += [(f"data/{i + 1:05d}.{p + 1:03d}.copy.zst", [(i, pages)]) for p, pages in enumerate(ranges)]
+        elif t.bytes >= PACK_TABLE_BYTES:
+            files.append((f"data/{i + 1:05d}.copy.zst", [(i, None)]))
+        else:
+            small.append(i)
+    if len(small) == 1:
+        return files + [(f"data/{small[0] + 1:05d}.copy.zst", [(small[0], None)])]
+    total = sum(tables[i].bytes for i in small)
+    per_pack = min(PACK_TABLES, max(1, -(-len(small) // max(1, jobs))))
+    packs: list[list[int]] = []
+    weight = 0
+    for i in small:
+        if not packs or len(packs[-1]) >= per_pack or weight >= max(PACK_BYTES, total // max(1, jobs) + 1):
+            packs.append([])
+            weight = 0
+        packs[-1].append(i)
+        weight += tables[i].bytes
+    return files + [(f"data/pack-{n + 1:05d}.copy.zst", [(i, None) for i in pack]) for n, pack in enumerate(packs)]
 
 
 def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs, version_num, reporter):
-    """Copy every table (large ones in parts) in the worker pool; return entries in table order."""
+    """Copy every table (large ones in parts, small ones packed) in the worker pool; return
+    entries in table order."""
     reporter.phase("copying tables", total_bytes=sum(t.bytes for t in tables), total_items=len(tables))
     session = Session(source, SourceError, encoding=encoding, snapshot=exported)
-    tasks, owners = [], []
-    for i, t in enumerate(tables):
-        ranges = plan_parts(t, jobs, version_num)
-        for p, pages in enumerate(ranges):
-            path = f"data/{i + 1:05d}.copy.zst" if len(ranges) == 1 else f"data/{i + 1:05d}.{p + 1:03d}.copy.zst"
-            tasks.append((session, store, mf.key(snap_id, path), path, TableRef(t.schema, t.name, t.columns), pages))
-            owners.append(i)
-    remaining = {i: owners.count(i) for i in set(owners)}
+    files = plan_files(tables, jobs, version_num)
+    refs = [TableRef(t.schema, t.name, t.columns) for t in tables]
+    remaining = [0] * len(tables)
+    for _path, segs in files:
+        for i, _pages in segs:
+            remaining[i] += 1
 
     def done(index: int, _result) -> None:
-        remaining[owners[index]] -= 1
-        if remaining[owners[index]] == 0:
-            reporter.advance(items=1)
-            faults.checkpoint("snapshot:table-copied")
+        for i, _pages in files[index][1]:
+            remaining[i] -= 1
+            if remaining[i] == 0:
+                reporter.advance(items=1)
+                faults.checkpoint("snapshot:table-copied")
 
-    weights = [t.bytes // len(plan_parts(t, jobs, version_num)) for t in (tables[i] for i in owners)]
-    results = pool.run_items(dump_part, tasks, weights, on_done=done)
+    tasks = [(session, store, mf.key(snap_id, path), path, [(refs[i], pages) for i, pages in segs]) for path, segs in files]
+    weights = [sum(tables[i].bytes // len(plan_parts(tables[i], jobs, version_num)) if pages is not None else tables[i].bytes
+                   for i, pages in segs) for _path, segs in files]
+    results = pool.run_items(dump_pack, tasks, weights, on_done=done)
+    parts: list[list[dict]] = [[] for _ in tables]
+    file_entries: list[list] = [[] for _ in tables]
+    for (path, segs), (segments, entry) in zip(files, results):
+        packed = len(segs) > 1
+        for (i, _pages), (rows, checksum, offset, length) in zip(segs, segments):
+            part = {"file": path, "rows": rows, "checksum": checksum}
+            if packed:
+                part.update(offset=offset, length=length)
+            parts[i].append(part)
+        file_entries[segs[0][0]].append(entry)  # a file is listed once, with its first table
     entries = []
     for i, t in enumerate(tables):
-        parts = [(tasks[k][3], results[k]) for k in range(len(tasks)) if owners[k] == i]
-        rows = sum(r[0] for _, r in parts)
         checksum = ZERO
-        for _, r in parts:
-            checksum = add_checksums(checksum, r[1])
-        entry = mf.TableEntry(t.schema, t.name, t.columns, rows, checksum,
-                              [{"file": path, "rows": r[0], "checksum": r[1]} for path, r in parts],
+        for p in parts[i]:
+            checksum = add_checksums(checksum, p["checksum"])
+        entry = mf.TableEntry(t.schema, t.name, t.columns, sum(p["rows"] for p in parts[i]), checksum, parts[i],
                               load_via=list(t.load_via) if t.load_via else None)
-        entries.append((entry, [r[2] for _, r in parts]))
+        entries.append((entry, file_entries[i]))
     reporter.done()
     return entries

@@ -157,14 +157,15 @@ def _compare_tables(pool, session, tables, live, jobs, version, reporter, analyz
     results = pool.run_items(_dispatch, tasks, weights)
     found: dict[tuple[str, str], list] = {}
     want: dict[tuple[str, str], list] = {}
-    for i, t in enumerate(todo):
-        f = found.setdefault(t.group(), [0, ZERO])
+    for t in todo:
+        found.setdefault(t.group(), [0, ZERO])
         w = want.setdefault(t.group(), [0, ZERO])
         w[0], w[1] = w[0] + t.rows, add_checksums(w[1], t.checksum)
-        for k, owner in enumerate(owners):
-            if owner == i:
-                f[0] += results[k][0]
-                f[1] = add_checksums(f[1], results[k][1])
+    for owner, result in zip(owners, results):
+        if owner >= 0:
+            f = found[todo[owner].group()]
+            f[0] += result[0]
+            f[1] = add_checksums(f[1], result[1])
     grouped = {t.group() for t in todo if t.load_via}
     out = []
     for g, (rows, checksum) in want.items():

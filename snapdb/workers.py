@@ -101,17 +101,24 @@ def _guard(s: Session, what: str, fn: Callable):
 
 
 # -- tasks -------------------------------------------------------------------------------------
-def dump_part(s: Session, store: Store, key: str, path: str, table: TableRef, pages: PageRange | None):
-    """Copy one table part into a zstd file; return (rows, checksum, FileEntry) after reading
-    the stored file back and checking its sha256."""
+def dump_pack(s: Session, store: Store, key: str, path: str, tables: list[tuple[TableRef, PageRange | None]]):
+    """Copy several tables (or parts) one after another into one zstd file, so that many small
+    tables cost one file; return ``([(rows, checksum, offset, length), ...], FileEntry)`` after
+    reading the stored file back and checking its sha256. ``offset``/``length`` locate each
+    table's COPY text in the decompressed stream (snapshot format 3)."""
     def run():
+        segments = []
         with ZstdSink(store, key, path, sync=False) as sink:  # the pipeline syncs the store once
-            rows, checksum = read_table(_session(s), table, sink, on_bytes=_tick, pages=pages)
+            for table, pages in tables:
+                start = sink.position
+                rows, checksum = _guard(s, f"copying {table.qualname}",
+                                        lambda: read_table(_session(s), table, sink, on_bytes=_tick, pages=pages))
+                segments.append((rows, checksum, start, sink.position - start))
         sha, size = digest(store, key)
         if (sha, size) != (sink.entry.sha256, sink.entry.size):
             raise s.error_cls(f"snapshot file {path} changed while being stored (sha256 or size differs)")
-        return rows, checksum, sink.entry
-    return _guard(s, f"copying {table.qualname}", run)
+        return segments, sink.entry
+    return _guard(s, f"writing {path}", run)
 
 
 def checksum_part(s: Session, table: TableRef, pages: PageRange | None, algorithm: str = CHECKSUM) -> tuple[int, str]:
@@ -120,14 +127,48 @@ def checksum_part(s: Session, table: TableRef, pages: PageRange | None, algorith
                   lambda: read_table(_session(s), table, on_bytes=_tick, pages=pages, algorithm=algorithm))
 
 
-def load_part(s: Session, store: Store, key: str, table: TableRef) -> int:
-    """Load one zstd COPY file into `table` in its own transaction; return the rows the server
-    reported. Decompression checks zstd's content checksum of every frame."""
+def load_pack(s: Session, store: Store, key: str, segments: list[tuple[TableRef, int | None, int | None]]) -> list[int]:
+    """Load a zstd COPY file holding one table (``offset``/``length`` None: the whole stream) or
+    several, each the ``length`` bytes of the decompressed stream from ``offset`` on; segments
+    must follow each other from offset 0 and cover the stream to its end. Reads the file once,
+    in one transaction; returns the rows the server reported per segment. Raises
+    `IntegrityError` when the stream does not match the segments."""
     def run():
         conn = _session(s)
+        stored = []
         with conn.transaction(), open_zstd(store, key) as src:
-            return load_table(conn, table, src, on_bytes=_tick)
-    return _guard(s, f"loading {table.qualname}", run)
+            at = 0
+            for table, offset, length in segments:
+                if offset is None:
+                    stored.append(_guard(s, f"loading {table.qualname}", lambda: load_table(conn, table, src, on_bytes=_tick)))
+                    continue
+                if offset != at:
+                    raise IntegrityError(f"{key}: {table.qualname} starts at byte {offset}, expected {at}")
+                part = _Slice(src, length)
+                stored.append(_guard(s, f"loading {table.qualname}", lambda: load_table(conn, table, part, on_bytes=_tick)))
+                if part.left:
+                    raise IntegrityError(f"{key}: the stream ended inside {table.qualname}",
+                                         hint="the target was not touched; restore another snapshot")
+                at += length
+            if segments[-1][1] is not None and src.read(1):
+                raise IntegrityError(f"{key}: data after the last table of the file",
+                                     hint="the target was not touched; restore another snapshot")
+        return stored
+    return _guard(s, f"loading {key}", run)
+
+
+class _Slice:
+    """The next `length` bytes of a stream, as a reader."""
+
+    def __init__(self, src, length: int) -> None:
+        self.src, self.left = src, length
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.src.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
 
 
 def analyze(s: Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from psycopg import sql
 
 from .conftest import ROOT, create_db, ensure_roles, run_cli
@@ -35,22 +36,24 @@ def test_empty_list_settings_are_carried_exactly(pg, tmp_path, dbname):
     assert 'search_path=""' in b["settings"][""] and 'search_path=""' in b["settings"]["empty_list_role"]
 
 
-def test_format_1_snapshot_restores_and_verifies(pg, tmp_path, dbname):
+@pytest.mark.parametrize("version", [1, 2])
+def test_earlier_format_snapshot_restores_and_verifies(pg, tmp_path, dbname, version):
     """fixtures/snapshot-v1 was written by snapdb at commit 795888a (format snapdb-snapshot/1, crc32
-    and adler32 checksums): today's snapdb restores and verifies it, and the result equals a
-    database loaded from the same SQL (compared without snapdb's code)."""
+    and adler32 checksums), fixtures/snapshot-v2 at commit 15b6801 (format 2, one file per table):
+    today's snapdb restores and verifies them, and the result equals a database loaded from the
+    same SQL (compared without snapdb's code)."""
     store = tmp_path / "store"
-    shutil.copytree(ROOT / "fixtures" / "snapshot-v1" / "store", store)
+    shutil.copytree(ROOT / "fixtures" / f"snapshot-v{version}" / "store", store)
     [sid] = [p.name for p in (store / "snapshots").iterdir()]
-    assert '"format": "snapdb-snapshot/1"' in (store / "snapshots" / sid / "manifest.json").read_text()
+    assert f'"format": "snapdb-snapshot/{version}"' in (store / "snapshots" / sid / "manifest.json").read_text()
     r = run_cli("verify", sid, "--store", str(store))
     assert r.returncode == 0, r.stdout + r.stderr
-    copy = dbname + "_from_v1"
+    copy = dbname + f"_from_v{version}"
     r = run_cli("restore", "--snapshot", sid, "--into", copy, "--server", pg.url(), "--store", str(store))
     assert r.returncode == 0, r.stderr
-    ref = create_db(pg, dbname + "_ref", (ROOT / "fixtures" / "snapshot-v1" / "source.sql").read_text())
+    ref = create_db(pg, dbname + "_ref", (ROOT / "fixtures" / f"snapshot-v{version}" / "source.sql").read_text())
     pg.psql(f"ALTER DATABASE \"{ref}\" SET work_mem = '12MB'")
-    pg.psql(f"COMMENT ON DATABASE \"{ref}\" IS 'written by snapdb format 1'")
+    pg.psql(f"COMMENT ON DATABASE \"{ref}\" IS 'written by snapdb format {version}'")
     assert_same_database(pg, ref, copy, lo_oids=False)
     r = run_cli("verify", sid, "--against", pg.url(copy), "--store", str(store))
     assert r.returncode == 0, r.stdout + r.stderr
