@@ -405,6 +405,20 @@ def list_catalog(store: Store) -> list[Record]:
     return read_catalog(store)[0]
 
 
+def concerns(rec: Record, name: str, svc: Endpoint | None) -> bool:
+    """Whether `rec` is about service `name` (configured as `svc`, None when it is not): recorded
+    under that name, or on its database, the same database name on the server of its url or
+    its admin_url (`Endpoint.server_key`: errs towards "same server"), however the operation
+    named it (by service, by URL, by a bare name with ``--server``)."""
+    if rec.service == name:
+        return True
+    db = rec.database or {}
+    if svc is None or db.get("dbname") != svc.dbname:
+        return False
+    where = Endpoint(params={"host": str(db.get("host")), "port": str(db.get("port"))}).server_key()
+    return where in {svc.server_key(), svc.admin().server_key()}
+
+
 def find_rehearsal(store: Store, source: str, tag: str, checksum: str, max_age: timedelta,
                    now: datetime, is_source: Callable[[dict], bool]) -> Record | None:
     """The newest successful upgrade to `tag` with `checksum` of a database restored from a
