@@ -34,6 +34,12 @@ DEFAULT_REHEARSAL_MAX_AGE = timedelta(days=7)
 DEFAULT_MIGRATIONS = "migrations"
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
 _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+#: the longest duration any setting takes: far beyond every sensible threshold, and short enough
+#: that ``now - limit`` stays a valid datetime
+MAX_DURATION = timedelta(days=36500)
+#: the longest hook timeout: the child is waited on with poll(), whose timeout (a C int of
+#: milliseconds) ends at about 24.8 days; a hook runs inside a cutover's window anyway
+MAX_HOOK_TIMEOUT = timedelta(days=1)
 _SERVICE_KEYS = {"url", "role", "migrations", "admin_url", "roles", "hooks", "scrub", "keep_set_aside",
                  *_MONITOR_KEYS}
 HOOK_POINTS = ("before_freeze", "after_freeze", "after_swap", "on_abort")
@@ -326,7 +332,7 @@ def _parse(data: dict, path: Path) -> Config:
             cfg.services[name] = replace(cfg.services[name], keep_set_aside=keep)
         if "timeout" in hooks:
             cfg.services[name] = replace(cfg.services[name], hook_timeout=parse_duration(
-                hooks["timeout"], f"{where} hooks timeout").total_seconds())
+                hooks["timeout"], f"{where} hooks timeout", maximum=MAX_HOOK_TIMEOUT).total_seconds())
         if "scrub" in svc:
             if role == "production":
                 raise ConfigError(f"{where}: scrub rules on a production service are refused",
@@ -424,12 +430,28 @@ def _path_string(table: dict, key: str, where: str) -> str | None:
     return value
 
 
-def parse_duration(text: object, where: str) -> timedelta:
-    """Parse a duration such as ``"7d"``, ``"36h"``, ``"90m"`` or ``"30s"``."""
+def parse_duration(text: object, where: str, maximum: timedelta = MAX_DURATION) -> timedelta:
+    """Parse a duration such as ``"7d"``, ``"36h"``, ``"90m"`` or ``"30s"``, at most `maximum`.
+
+    Raises `ConfigError` (exit 3), naming `where`, for anything else: not a duration, or one
+    longer than `maximum` (also one too long for Python to hold at all).
+    """
     m = _DURATION_RE.match(text) if isinstance(text, str) else None
     if not m:
-        raise ConfigError(f"{where} must be a duration like \"7d\", \"36h\", \"90m\" or \"30s\", not {text!r}")
-    return timedelta(**{_DURATION_UNITS[m.group(2)]: int(m.group(1))})
+        raise ConfigError(f"{where} must be a duration like \"7d\", \"36h\", \"90m\" or \"30s\", not {_shown(text)}")
+    try:
+        value = timedelta(**{_DURATION_UNITS[m.group(2)]: int(m.group(1))})
+    except (OverflowError, ValueError):  # past timedelta's range, or more digits than int() reads
+        value = None
+    if value is None or value > maximum:
+        raise ConfigError(f"{where} must be at most {format_duration(maximum)}, not {_shown(text)}")
+    return value
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """`value` as quoted in an error message, cut short so the message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def format_duration(td: timedelta) -> str:

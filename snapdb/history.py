@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 import secrets
 import socket
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timedelta
 
 import psycopg
@@ -34,7 +34,7 @@ from psycopg import sql
 from . import __version__
 from . import manifest as mf
 from .config import Endpoint
-from .errors import IntegrityError, SnapdbError, StoreError, TargetError
+from .errors import IntegrityError, SnapdbError, TargetError
 from .postgres import SNAPDB_SCHEMA, connect, first_line
 from .store import MissingError, Store
 
@@ -120,12 +120,50 @@ class Record:
         return {"format": FORMAT, **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Record:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_json(cls, data: object) -> Record:
+        """The record `data` (a catalog object of this `FORMAT`) holds; `IntegrityError` unless
+        it is an object of this format whose every known field has its declared type, with
+        the required ones present and its times ISO 8601 with a time zone, so readers can
+        compare and subtract them. Unknown keys are ignored."""
+        if not isinstance(data, dict):
+            raise IntegrityError(f"not a JSON object but {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise IntegrityError(f"unsupported history format {_cut(data.get('format'))}")
+        values = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.default is MISSING:
+                    raise IntegrityError(f"no {f.name}")
+                continue
+            v, kinds = data[f.name], _KINDS[f.type]
+            if not (v is None and "None" in f.type or isinstance(v, kinds) and not (bool not in kinds and
+                                                                                   isinstance(v, bool))):
+                raise IntegrityError(f"{f.name} is {_cut(v)}, not {f.type}")
+            values[f.name] = v
+        for name in ("started_at", "ended_at"):
+            if values.get(name) is not None and not _aware(values[name]):
+                raise IntegrityError(f"{name} {_cut(values[name])} is not an ISO 8601 time with a time zone")
+        return cls(**values)
 
     def ended(self) -> datetime | None:
         return datetime.fromisoformat(self.ended_at) if self.ended_at else None
+
+
+#: the Python types a catalog value may have, per declared field type of `Record`
+_KINDS = {"str": (str,), "str | None": (str,), "bool": (bool,), "float | None": (int, float),
+          "dict | None": (dict,), "list[dict] | None": (list,)}
+
+
+def _aware(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _cut(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def new_record(operation: str, ep: Endpoint, dbname: str | None = None, **values) -> Record:
@@ -324,24 +362,61 @@ def write_catalog(store: Store, rec: Record) -> None:
         f.write(data)
 
 
-def list_catalog(store: Store) -> list[Record]:
-    """Every record in the catalog, newest first; unreadable records are skipped."""
-    out = []
+@dataclass
+class Unreadable:
+    """A catalog record this snapdb cannot read: a newer format, or not a record at all.
+
+    `raw` is the object's bytes as stored, for readers that must fail closed (`prune` keeps
+    every snapshot whose id occurs in them); `why` says what is wrong with it."""
+
+    key: str
+    raw: bytes
+    why: str
+
+
+def read_catalog(store: Store) -> tuple[list[Record], list[Unreadable]]:
+    """Every record in the catalog, newest first, and the records it holds that this snapdb
+    cannot read (see `Record.from_json`), in key order. A record deleted while it is listed is
+    neither; a store that fails raises `StoreError`."""
+    out, unreadable = [], []
     for key in store.list(CATALOG_PREFIX):
         if not key.endswith(".json"):
             continue
         try:
             with store.reader(key) as f:
-                data = json.loads(f.read())
-            if data.get("format") != FORMAT:
-                raise IntegrityError(f"unsupported history format {data.get('format')!r}")
-            out.append(Record.from_json(data))
-        except (MissingError, json.JSONDecodeError, IntegrityError, TypeError):
+                raw = f.read()
+        except MissingError:
             continue
-        except StoreError:
-            raise
+        try:
+            out.append(Record.from_json(json.loads(raw)))
+        except ValueError as exc:  # not JSON (JSONDecodeError), not UTF-8 (UnicodeDecodeError)
+            unreadable.append(Unreadable(key, raw, f"not JSON: {exc}"))
+        except (IntegrityError, RecursionError) as exc:  # RecursionError: nested beyond json's reach
+            unreadable.append(Unreadable(key, raw, exc.message if isinstance(exc, IntegrityError) else
+                                         "nested too deeply"))
     out.sort(key=lambda r: r.record_id, reverse=True)
-    return out
+    return out, unreadable
+
+
+def list_catalog(store: Store) -> list[Record]:
+    """Every record in the catalog that this snapdb can read, newest first (`read_catalog`
+    without the unreadable ones). For readers to which a record missing is the safe side: the
+    rehearsal gate then finds no rehearsal, `status --check` no refresh; `prune` must not use it."""
+    return read_catalog(store)[0]
+
+
+def concerns(rec: Record, name: str, svc: Endpoint | None) -> bool:
+    """Whether `rec` is about service `name` (configured as `svc`, None when it is not): recorded
+    under that name, or on its database, the same database name on the server of its url or
+    its admin_url (`Endpoint.server_key`: errs towards "same server"), however the operation
+    named it (by service, by URL, by a bare name with ``--server``)."""
+    if rec.service == name:
+        return True
+    db = rec.database or {}
+    if svc is None or db.get("dbname") != svc.dbname:
+        return False
+    where = Endpoint(params={"host": str(db.get("host")), "port": str(db.get("port"))}).server_key()
+    return where in {svc.server_key(), svc.admin().server_key()}
 
 
 def find_rehearsal(store: Store, source: str, tag: str, checksum: str, max_age: timedelta,

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from .. import faults, fingerprint, history, locks, manifest as mf, names
 from ..config import Config, Endpoint
-from ..errors import BusyError, ConfigError, RefusedError, SnapdbError, TargetError
+from ..errors import BusyError, ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
 from ..ledger import Ledger, check_tag
 from ..postgres import SNAPDB_SCHEMA, DatabaseProps, alembic_revisions, connect, control_session, first_line, system_identifier
 from ..progress import NULL, Reporter
@@ -372,11 +372,20 @@ def refuse_manual_freeze(store: Store, service: str, what: str) -> None:
 
 
 def _manual(store: Store, service: str) -> freeze.FreezeState | None:
+    """The manual freeze of `service` on record, None without one; `IntegrityError` when its
+    record cannot be read (what the freeze changed, and so how to undo it, is unknown)."""
     try:
         with store.reader(_freeze_key(service)) as f:
-            return freeze.FreezeState.from_json(json.loads(f.read()))
+            raw = f.read()
     except MissingError:
         return None
+    try:
+        return freeze.FreezeState.from_json(json.loads(raw))
+    except (ValueError, TypeError) as exc:  # not JSON; not an object, or not a freeze's fields
+        why = "not JSON" if isinstance(exc, ValueError) else "not a freeze record this snapdb knows"
+        raise IntegrityError(f"the manual freeze record of {service!r} cannot be read: {why}",
+                             hint=f"it is {_freeze_key(service)} in the store; undo what the freeze changed by "
+                                  "hand, then delete it") from None
 
 
 def _save_manual(store: Store, service: str, st: freeze.FreezeState) -> None:

@@ -90,12 +90,20 @@ class Journal:
                 data = json.loads(f.read())
         except MissingError:
             return None
-        except json.JSONDecodeError as exc:
-            raise IntegrityError(f"the cutover journal of {service!r} is not valid JSON ({exc.msg})") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise IntegrityError(f"the cutover journal of {service!r} is not valid JSON ({exc})",
+                                 hint=f"it is {cls.key(service)} in the store") from None
+        if not isinstance(data, dict):
+            raise IntegrityError(f"the cutover journal of {service!r} is not a JSON object but {type(data).__name__}",
+                                 hint=f"it is {cls.key(service)} in the store")
         if data.get("format") != FORMAT:
             raise IntegrityError(f"unsupported cutover journal format {data.get('format')!r}")
-        data["steps"] = [Step(**s) for s in data.get("steps", [])]
-        return cls(**data)
+        try:
+            data["steps"] = [Step(**s) for s in data.get("steps", [])]
+            return cls(**data)
+        except TypeError:  # a step that is not an object, a field this snapdb does not know or lacks
+            raise IntegrityError(f"the cutover journal of {service!r} is not one this snapdb can read "
+                                 "(unknown or missing fields)", hint=f"it is {cls.key(service)} in the store") from None
 
     def save(self, store: Store) -> None:
         """Rewrite the journal; refuses (`BusyError`) to overwrite another run's unfinished one,
@@ -189,9 +197,13 @@ def refuse_while_busy(store: Store, service: str, what: str) -> None:
                              "nothing was changed")
     try:
         with store.reader(freeze_key(service)) as f:
-            since = json.loads(f.read()).get("started_at")
+            raw = f.read()
     except MissingError:
         return
+    try:  # a record that cannot be read refuses all the same: the freeze it records may be in place
+        since = json.loads(raw).get("started_at")
+    except (ValueError, AttributeError):
+        since = "unknown: its record cannot be read"
     raise RefusedError(f"refusing to {what}: {service!r} is frozen by `snapdb freeze` (since {since})",
                        hint=f"end the manual freeze first: snapdb unfreeze {service}; nothing was changed")
 
@@ -219,7 +231,7 @@ def _read_quietly(store: Store, key: str) -> Journal | None:
             data = json.loads(f.read())
         data["steps"] = [Step(**s) for s in data.get("steps", [])]
         return Journal(**data)
-    except (MissingError, json.JSONDecodeError, TypeError):
+    except (MissingError, ValueError, TypeError, AttributeError):  # AttributeError: not an object
         return None
 
 

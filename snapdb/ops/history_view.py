@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from .. import history, manifest as mf
-from ..config import Config, Endpoint
+from ..config import Config
 from ..store import Store
 
 OPERATIONS = ("snapshot", "restore", "upgrade", "cutover", "rollback")
@@ -107,18 +107,6 @@ def _from_record(rec: history.Record) -> Entry:
     )
 
 
-def _concerns(rec: history.Record, name: str, svc: Endpoint | None) -> bool:
-    """Whether `rec` is about service `name`: named after it, or on its database (same name on
-    the server of its url or admin_url)."""
-    if rec.service == name:
-        return True
-    db = rec.database or {}
-    if svc is None or db.get("dbname") != svc.dbname:
-        return False
-    where = Endpoint(params={"host": str(db.get("host")), "port": str(db.get("port"))}).server_key()
-    return where in {svc.server_key(), svc.admin().server_key()}
-
-
 def collect(store: Store, manifests: list[mf.Manifest], *, cfg: Config | None = None, service: str | None = None,
             limit: int | None = None) -> HistoryResult:
     """The entries of `manifests` (already filtered to `service`'s snapshots by the caller) and
@@ -127,7 +115,7 @@ def collect(store: Store, manifests: list[mf.Manifest], *, cfg: Config | None = 
     svc = cfg.services.get(service) if cfg is not None and service else None
     entries = [_from_snapshot(m) for m in manifests]
     entries += [_from_record(r) for r in history.list_catalog(store)
-                if r.operation in OPERATIONS and (service is None or _concerns(r, service, svc))]
+                if r.operation in OPERATIONS and (service is None or history.concerns(r, service, svc))]
     epoch = datetime.min.replace(tzinfo=timezone.utc)
     entries.sort(key=lambda e: (_iso(e.started_at) or epoch, e.record_id or e.snapshot or ""), reverse=True)
     return HistoryResult(entries=entries[:limit] if limit is not None else entries)

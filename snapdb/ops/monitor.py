@@ -7,8 +7,9 @@ which the caller passes in. Thresholds (``[services.X]``):
 - ``snapshot_max_age = "26h"``: X's newest *verified* snapshot (filed under X's name) must be
   younger than this; ``--max-age`` overrides it, and applies to the production services (or to
   SERVICE when one is named) that have none;
-- ``refresh_max_age = "2d"``: the newest successful restore into X (the catalog's record of
-  it) must be younger than this: last night's refresh happened.
+- ``refresh_max_age = "2d"``: the newest successful restore into X's database (the catalog's
+  record of it, whether the restore named X, its URL or its database with ``--server``) must be
+  younger than this: last night's refresh happened.
 
 A service with a threshold that cannot be reached is a problem too. `evaluate` lists one line per
 problem; `write_metrics` writes the Prometheus text exposition format (version 0.0.4, for
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from .. import history
-from ..config import Config, format_duration
+from ..config import Config, Endpoint, format_duration
 from ..errors import ConfigError
 from ..store import Store
 from . import prune as pr
@@ -55,13 +56,11 @@ def _age(now: datetime, t: datetime) -> str:
     return f"{secs}s"
 
 
-def _restores(store: Store) -> dict[str, history.Record]:
-    """The newest successful restore record per service name."""
-    out: dict[str, history.Record] = {}
-    for rec in history.list_catalog(store):  # newest first
-        if rec.operation == "restore" and rec.outcome == "succeeded" and rec.service and rec.service not in out:
-            out[rec.service] = rec
-    return out
+def _last_restore(restores: list[history.Record], name: str, svc: Endpoint) -> history.Record | None:
+    """The newest of `restores` (successful ones, newest first) into service `name`'s database,
+    whether it named the service or its database (by URL, by ``--server``): `history.concerns`,
+    so `status --check` counts what `snapdb history NAME` lists."""
+    return next((rec for rec in restores if history.concerns(rec, name, svc)), None)
 
 
 def evaluate(cfg: Config, store: Store, names: list[str], now: datetime, *, status: list[dict] | None = None,
@@ -85,7 +84,7 @@ def evaluate(cfg: Config, store: Store, names: list[str], now: datetime, *, stat
         })
     out.store = {"snapshots": len(complete), "bytes": sum(e.manifest.stored_bytes for e in complete),
                  "unfinished": sum(1 for e in entries.values() if not e.complete)}
-    restores = _restores(store)
+    restores = [rec for rec in history.list_catalog(store) if rec.operation == "restore" and rec.outcome == "succeeded"]
     live = {e["service"]: e for e in status or []}
     newest_of = {s["source"]: s["newest"] for s in out.sources}
     for n in names:
@@ -96,7 +95,7 @@ def evaluate(cfg: Config, store: Store, names: list[str], now: datetime, *, stat
         info: dict = {"service": n, "role": svc.role, "thresholds": {k: format_duration(v) for k, v in limits.items()},
                       "reachable": "error" not in live.get(n, {}) if n in live else None,
                       "frozen": bool(live.get(n, {}).get("frozen")), "last_restore": None}
-        rec = restores.get(n)
+        rec = _last_restore(restores, n, svc)
         if rec is not None:
             ended = rec.ended() or datetime.fromisoformat(rec.started_at)
             e = entries.get(rec.restored_from or "")  # the snapshot the copy holds, if still in the store

@@ -17,8 +17,10 @@ freeze record (``catalog/cutovers/``, ``catalog/receipts/``, ``catalog/freezes/`
 cutover's or a rollback's history record, and by a rehearsal: a successful upgrade of a
 database restored from the snapshot, ended within ``[upgrade] rehearsal_max_age`` (the window in
 which it can gate a production upgrade). Restore records protect nothing (a nightly refresh
-would otherwise keep every snapshot forever). `delete --force` overrides these references except
-an unfinished cutover's journal (its resume or abort needs the snapshot).
+would otherwise keep every snapshot forever). A catalog record this snapdb cannot read (a newer
+history format, not JSON, not an object) may be any of these, so it protects every snapshot
+whose id occurs in it. `delete --force` overrides these references except an unfinished
+cutover's journal (its resume or abort needs the snapshot).
 
 A deletion publishes its marker, removes the manifest first (from then on the snapshot does not
 exist), then the files, the writer lease and the marker: a deletion killed midway is finished
@@ -89,13 +91,28 @@ def scan(store: Store) -> dict[str, Entry]:
 
 
 def _strings(value) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
+    """Every string in a parsed JSON value, keys excepted (iteratively: depth is the file's)."""
+    out, todo = [], [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return out
+
+
+def _ids_in(raw: bytes, ids: set[str]) -> set[str]:
+    """The ids of `ids` that occur in `raw`, the bytes of a record that cannot be read: as
+    text, and as strings of its JSON when it is JSON at all (which undoes escapes)."""
+    found = {sid for sid in ids if sid.encode() in raw}
+    try:
+        found |= set(_strings(json.loads(raw))) & ids
+    except (ValueError, RecursionError):
+        pass
+    return found
 
 
 @dataclass
@@ -105,7 +122,9 @@ class Reference:
 
 
 def references(store: Store, ids: set[str], now: datetime, rehearsal_max_age: timedelta) -> dict[str, Reference]:
-    """Snapshot ids in `ids` that the catalog protects, with the first reason found."""
+    """Snapshot ids in `ids` that the catalog protects, with the first reason found (see the
+    module docstring). Fails closed: a record that cannot be read protects every id of `ids`
+    that occurs in its bytes, since what it is cannot be told."""
     found: dict[str, Reference] = {}
 
     def add(sid: str, ref: Reference) -> None:
@@ -118,8 +137,14 @@ def references(store: Store, ids: set[str], now: datetime, rehearsal_max_age: ti
                 continue
             try:
                 with store.reader(k) as f:
-                    data = json.loads(f.read())
-            except (MissingError, ValueError):
+                    raw = f.read()
+            except MissingError:
+                continue
+            try:
+                data = json.loads(raw)
+            except (ValueError, RecursionError):
+                for s in _ids_in(raw, ids):
+                    add(s, Reference(f"referenced by {k}, which is not JSON"))
                 continue
             unfinished = k.endswith("/journal.json") and isinstance(data, dict) and \
                 data.get("state") in ("running", "aborting")
@@ -130,7 +155,12 @@ def references(store: Store, ids: set[str], now: datetime, rehearsal_max_age: ti
                 what = f"freeze record {k.rsplit('/', 1)[-1]}"
             for s in _strings(data):
                 add(s, Reference(f"referenced by {what}", hard=unfinished))
-    for rec in history.list_catalog(store):
+    records, unreadable = history.read_catalog(store)
+    for u in unreadable:  # what it is, and whether it protects, cannot be told: it protects
+        for s in _ids_in(u.raw, ids):
+            add(s, Reference(f"referenced by catalog record {u.key.rsplit('/', 1)[-1]}, which this snapdb cannot "
+                             f"read ({u.why}; a newer snapdb may)"))
+    for rec in records:
         if rec.operation == "upgrade":
             ended = rec.ended()
             if rec.outcome == "succeeded" and rec.restored_from and ended is not None and \
