@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench bench-cutover bench-replicate venv clean
+.PHONY: demo test bench bench-matrix bench-cutover bench-replicate venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+bench-matrix: $(STAMP)
+	$(PY) bench/matrix.py $(BENCH_ARGS)
 
 bench-cutover: $(STAMP)
 	$(PY) bench/cutover_soak.py $(BENCH_ARGS)

@@ -99,7 +99,7 @@ class Meter:
 
             def sample() -> None:
                 while not done.is_set():
-                    peak[0] = max(peak[0], tree_pss_kb(proc.pid))
+                    peak[0] = max(peak[0], tree_pss_kb(proc.pid) or 0)  # None: the tree ended meanwhile
                     done.wait(0.05)
 
             sampler = threading.Thread(target=sample, daemon=True)

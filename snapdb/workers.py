@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+import psycopg.sql
 import zstandard
 
 from .compression import ZstdSink, digest, open_zstd
@@ -194,7 +195,24 @@ def _batch(fn: Callable, items: list[tuple]) -> list:
         if _stop is not None and _stop.is_set():
             raise _Stopped()
         out.append(fn(*item))
+    _end_reads()
     return out
+
+
+def _end_reads() -> None:
+    """End the transaction of every session reading an exported snapshot and begin the next one
+    in the same snapshot: the ACCESS SHARE locks its COPYs took are released, so reading tens of
+    thousands of tables does not need one lock per table in each worker (the exporting session
+    holds its own locks on every table, and a table already read needs none)."""
+    for key, conn in list(_sessions.items()):
+        snapshot = key[2]
+        if snapshot is None or conn.closed or conn.broken:
+            continue
+        try:
+            conn.rollback()
+            conn.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(snapshot)))
+        except psycopg.Error:
+            conn.close()  # the next task opens a new session (and reports its error, if any)
 
 
 # -- the pool ----------------------------------------------------------------------------------

@@ -107,3 +107,37 @@ def test_data_exclusions_use_one_pattern_per_schema_when_exact(pg):
         got = data_exclusions(conn, tables)
         assert got == ['"app".*', '"big".*', '"mixed"."plain"']  # mixed has a materialized view to keep
         assert data_exclusions(conn, [("app", "t1"), ('odd"name', "x")]) == ['"app"."t1"']
+
+
+def test_workers_release_the_locks_of_tables_they_have_read(pg):
+    """Reading many tables in one exported snapshot must not hold one lock per table in every
+    worker until the end (20,000 tables would exhaust the lock table): each batch ends its
+    transaction and begins the next in the same snapshot."""
+    from snapdb.postgres import open_data_session
+    from snapdb.progress import NULL
+    from snapdb.workers import Session, WorkerPool, checksum_part
+
+    src = _many(pg, "packs_locks")
+    ep = Endpoint(params=parse_url(pg.url(src), "test"))
+    pool = WorkerPool(1, NULL)
+    try:
+        main = open_data_session(ep, SourceError)
+        try:
+            exported = main.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]
+            session = Session(ep, SourceError, snapshot=exported)
+            tables = [TableRef("app", f"t{i}", ["id", "name", "note"]) for i in range(1, 41)]
+            results = pool.run_items(checksum_part, [(session, t, None) for t in tables], [0] * len(tables))
+            assert [r[0] for r in results] == list(range(1, 41))
+            with pg.connect(src) as watcher:
+                held = watcher.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'app' AND l.pid <> %s AND l.pid <> pg_backend_pid()", (main.info.backend_pid,)).fetchone()[0]
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction' "
+                    "AND pid <> %s", (main.info.backend_pid,)).fetchone()[0]
+            assert waiting == 1 and held == 0, (waiting, held)  # the worker waits in its snapshot, holding no table lock
+        finally:
+            main.close()
+    finally:
+        pool.close()
