@@ -132,9 +132,16 @@ def scan(chunks: Iterable[str]) -> RoleRefs:
     return refs
 
 
+#: TOC entry types whose SQL names no role: table and large-object contents (large), and the
+#: entries of which a database of many tables has several per table (pg_restore prints no
+#: ``OWNER TO`` for them: indexes, constraints, triggers, column defaults, comments, ...)
+_UNSCANNED = ("TABLE DATA ", "BLOBS ", "INDEX ", "INDEX ATTACH ", "CONSTRAINT ", "FK CONSTRAINT ",
+              "CHECK CONSTRAINT ", "TRIGGER ", "DEFAULT ", "SEQUENCE OWNED BY ", "COMMENT ")
+
+
 def schema_list(toc_lines: Iterable[str]) -> list[str]:
-    """The lines of ``pg_restore -l`` to keep for scanning: every entry but table and
-    large-object contents (``TABLE DATA``, ``BLOBS``), which name no roles and can be large.
+    """The lines of ``pg_restore -l`` to keep for scanning: every entry but those of
+    `_UNSCANNED` (``DEFAULT ACL`` entries are kept).
     Large-object metadata (``BLOB`` / ``BLOB METADATA``, in the data section from pg_dump 17 on)
     and its ACLs stay."""
     import re
@@ -142,7 +149,7 @@ def schema_list(toc_lines: Iterable[str]) -> list[str]:
     out = []
     for line in toc_lines:
         m = re.match(r"^\s*\d+;\s+\d+\s+\d+\s+(.*)$", line)
-        if m and (m.group(1).startswith("TABLE DATA ") or m.group(1).startswith("BLOBS ")):
+        if m and m.group(1).startswith(_UNSCANNED) and not m.group(1).startswith("DEFAULT ACL "):
             continue
         out.append(line)
     return out
