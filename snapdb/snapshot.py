@@ -201,7 +201,8 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
     sha, size = digest(store, mf.key(snap_id, mf.SCHEMA_FILE))
     if (sha, size) != (sink.entry.sha256, sink.entry.size):
         raise IntegrityError(f"snapshot file {mf.SCHEMA_FILE} changed while being stored (sha256 or size differs)")
-    store.sync()  # every file durable before the manifest makes the snapshot exist
+    # every file was fsynced when written (not syncfs: that would also flush whatever else is dirty on
+    # the filesystem, e.g. a PostgreSQL data directory): all are durable before the manifest makes the snapshot exist
     manifest = mf.Manifest(
         id=snap_id,
         source=source.source_name,

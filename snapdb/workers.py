@@ -109,7 +109,7 @@ def dump_pack(s: Session, store: Store, key: str, path: str, tables: list[tuple[
     table's COPY text in the decompressed stream (snapshot format 3)."""
     def run():
         segments = []
-        with ZstdSink(store, key, path, sync=False) as sink:  # the pipeline syncs the store once
+        with ZstdSink(store, key, path) as sink:  # fsynced (file and directory) before it is read back
             for table, pages in tables:
                 start = sink.position
                 rows, checksum = _guard(s, f"copying {table.qualname}",
