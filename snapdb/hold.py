@@ -8,7 +8,9 @@ open. Uses:
 
 - a restore's build is held in ``SHARE`` mode from before its verification until just before the
   swap: other sessions can read it but not write or alter it, so what is swapped in is what was
-  verified. ANALYZE runs in the hold's own transaction (its own locks never conflict with it).
+  verified. ANALYZE runs in the hold's own transaction (its own locks never conflict with it),
+  except for a build whose tables and indexes would crowd the server's lock table: then it runs
+  just before the hold, in its own session (`restore._analyze_alone_if_many`).
 - a cutover's frozen database is held in ``EXCLUSIVE`` mode (reads pass, every write waits).
 
 The session's idle timeouts are disabled (a hold can be idle for hours). `close` ends the

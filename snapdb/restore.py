@@ -318,8 +318,9 @@ class Build:
         _build(self.pool, self.store, self.manifest, self.server, self.tmp, self.jobs, self.reporter, self.archive,
                self.tool, self.opts)
         faults.checkpoint("restore:loaded")
+        analyzed = _analyze_alone_if_many(self.server, self.tmp)
         self.hold = TableHold(self.server, self.tmp, "SHARE", TargetError, on_wait=self._end_build_sessions)
-        analyzer = _InThread(lambda: self.hold.conn.execute("ANALYZE"))
+        analyzer = _InThread(lambda: None if analyzed else self.hold.conn.execute("ANALYZE"))
         try:
             self._fingerprint = fingerprint.fingerprint(self.hold.conn)
             analyzer.start()
@@ -463,6 +464,26 @@ class Build:
             self.maint.close()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _analyze_alone_if_many(server: Endpoint, dbname: str) -> bool:
+    """ANALYZE the build now, in a session of its own (one transaction per table), when its
+    tables and indexes would take more than a quarter of the server's lock table inside the
+    hold's transaction (``max_locks_per_transaction`` × (``max_connections`` +
+    ``max_prepared_transactions``)): tens of thousands of tables. Return whether it did; else
+    ANALYZE runs in the hold's transaction beside the verification, as usual."""
+    with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+        rels, capacity = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'i', 'm', 't')), "
+            "current_setting('max_locks_per_transaction')::bigint * (current_setting('max_connections')::bigint "
+            "+ current_setting('max_prepared_transactions')::bigint)").fetchone()
+        if rels * 4 <= capacity:
+            return False
+        try:
+            conn.execute("ANALYZE")
+        except psycopg.Error as exc:
+            raise TargetError(f"ANALYZE of the build failed: {first_line(exc)}") from None
+        return True
 
 
 class _InThread:

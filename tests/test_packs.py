@@ -141,3 +141,26 @@ def test_workers_release_the_locks_of_tables_they_have_read(pg):
             main.close()
     finally:
         pool.close()
+
+
+def test_restore_of_many_indexed_tables_within_a_small_lock_table(pg, tmp_path):
+    """ANALYZE inside the hold's transaction locks every index too: a database of many indexed
+    tables exhausted the lock table ("out of shared memory") where pg_restore worked. On a server
+    whose lock table is small for the build, ANALYZE runs first in its own session."""
+    from .conftest import default_major, start_cluster
+
+    body = ";".join(f"CREATE TABLE t{i} (id int PRIMARY KEY, a int, b text, c text); "
+                    f"CREATE INDEX ON t{i} (a); CREATE INDEX ON t{i} (b); CREATE INDEX ON t{i} (c); "
+                    f"INSERT INTO t{i} SELECT g, g, 'b' || g, 'c' || g FROM generate_series(1, 30) g" for i in range(1, 401))
+    src = create_db(pg, "packs_locktable", body)
+    store = tmp_path / "store"
+    assert run_cli("snapshot", pg.url(src), "--store", str(store)).returncode == 0
+    small = start_cluster("smalllocks", major=default_major(), settings={"max_locks_per_transaction": 10, "max_connections": 20})
+    try:
+        r = run_cli("restore", "--into", "copy", "--server", small.url(), "--store", str(store), "--jobs", "2")
+        assert r.returncode == 0, r.stderr
+        with small.connect("copy") as conn:
+            assert conn.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND attname = 'b'").fetchone()[0] == 400
+            assert conn.execute("SELECT count(*) FROM t400").fetchone()[0] == 30
+    finally:
+        small.stop()
