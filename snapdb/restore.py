@@ -237,7 +237,10 @@ class Build:
         self.workdir = pgtools.scratch_dir()
         self.archive = _extract_archive(self.store, self.manifest, self.workdir)
         self.tool = _restore_tool(self.manifest, self.maint)
-        self.owner = _check_roles(self.maint, self.archive, self.manifest.database, self.opts, self.tool)
+        overrides = {} if self.opts.scrub is None else scrub.role_overrides(
+            _mapped_props(self.manifest.database, self.opts, None), self.opts.scrub.settings,
+            scrub.server_role_settings(self.maint))
+        self.owner = _check_roles(self.maint, self.archive, self.manifest.database, self.opts, self.tool, overrides)
 
     def _refuse_protected(self) -> None:
         key = self.server.server_key()
@@ -360,8 +363,10 @@ class Build:
             faults.checkpoint("restore:scrubbed")
         history.record_restore(self.server, self.tmp, self.target, self.manifest, conn=self.hold.conn)
         props = props or _mapped_props(self.manifest.database, self.opts, self.owner)
-        if self.opts.scrub is not None:
-            props = scrub.with_settings(props, self.opts.scrub.settings)
+        if self.opts.scrub is not None:  # also for the roles whose own settings would outrank them
+            server_roles = scrub.server_role_settings(self.maint)
+            self.scrubbed["role_settings"] = scrub.role_overrides(props, self.opts.scrub.settings, server_roles)
+            props = scrub.with_settings(props, self.opts.scrub.settings, server_roles)
         self.props = props
         with self.maint.transaction():  # all but the privileges, which `open_privileges` gives
             apply_database_props(self.maint, self.tmp, replace(props, acl=own_acl(self._me)))
@@ -575,10 +580,11 @@ def _schema_entries(tool: str, archive: Path) -> Path:
 
 
 def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps, opts: RestoreOptions,
-                 tool: str) -> str | None:
+                 tool: str, overrides: dict[str, list[str]]) -> str | None:
     """Check every role the restore needs (see `roles`); return the build's owner (None: the
     restoring role). Raises `TargetError` listing every missing role and every ownership or
-    setting the restoring role cannot give."""
+    setting the restoring role cannot give, the scrub's `overrides` ({role: settings},
+    `scrub.role_overrides`) included."""
     entries = _schema_entries(tool, archive)
     refs = roles.scan(pipes.lines_of([tool, "-L", str(entries), "-f", "-", str(archive)],
                                      TargetError, "reading the schema archive"))
@@ -611,12 +617,16 @@ def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps,
     cannot = [r for r in owners if not tr.can_set(r)]
     if cannot:
         problems.append(f"role {tr.current} cannot give ownership to {', '.join(cannot)} (it is not a member)")
-    unsettable = [r for r in sorted({opts.role_map.get(x, x) for x in props.role_settings})
+    unsettable = [r for r in sorted({opts.role_map.get(x, x) for x in props.role_settings} | set(overrides))
                   if r in tr.existing and not tr.can_alter(r)]
     if unsettable:
         problems.append(f"role {tr.current} cannot set per-role settings for {', '.join(unsettable)} in the database "
                         + ("(needs CREATEROLE and ADMIN OPTION on them)" if maint.info.server_version >= 160000
                            else "(needs CREATEROLE)"))
+        scrubbed = [f"{r} ({', '.join(overrides[r])})" for r in unsettable if r in overrides]
+        if scrubbed:
+            problems.append("the scrub settings must outrank these roles' own settings of the same name: "
+                            + ", ".join(scrubbed))
     if problems:
         raise TargetError(
             "the target server is not ready for this snapshot: " + "; ".join(problems),

@@ -1,7 +1,10 @@
-"""Issue 9, review finding 2 (the reproduction was review/issue9/test_scrub_build_readable.py): a
-scrubbed restore must not let production data out through the temporary build while it is made."""
+"""Issue 9, review findings 2 and 3 (reproductions first written in review/issue9/): a scrubbed
+restore must never let production data out, neither through the temporary build while it is
+made, nor through a per-role setting that outranks a scrub setting."""
 
 from __future__ import annotations
+
+import json
 
 import psycopg
 from psycopg import sql
@@ -133,3 +136,65 @@ def test_explicit_database_privileges_are_applied_after_the_scrub(pg, tmp_path, 
     assert r.returncode == 0, r.stderr
     assert _acl(pg, dev) == _acl(pg, src) and _acl(pg, dev)[0] is not None
     assert _try_read(pg.url(dev, user="r9_app")) == 0
+
+
+# -- finding 3: a scrub setting outranks every per-role setting of the same name -------------------------
+def test_scrub_setting_wins_over_role_settings(pg, tmp_path, dbname):
+    """The source sets app.send_mail for the mailer role in its database (ALTER ROLE … IN DATABASE,
+    copied into dev), and the dev server sets it for another role everywhere (ALTER ROLE … SET):
+    both outrank a database-level setting, so both get the scrub's value in the copy, and nothing
+    else changes (production, the server-wide setting, the roles' other settings)."""
+    ensure_roles(pg, "r9_mailer", "r9_global", options="LOGIN")
+    src = create_db(pg, dbname, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+                                "GRANT SELECT ON t TO r9_mailer, r9_global;")
+    dev = dbname + "-dev"
+    db = sql.Identifier(src)
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET app.send_mail = 'on'").format(db))
+        conn.execute(sql.SQL("ALTER ROLE r9_mailer IN DATABASE {} SET app.send_mail = 'on'").format(db))
+        conn.execute(sql.SQL("ALTER ROLE r9_mailer IN DATABASE {} SET work_mem = '7MB'").format(db))
+        conn.execute("ALTER ROLE r9_global SET app.send_mail = 'on'")
+    try:
+        c = _config(tmp_path, pg.url(src), pg.url(dev), '\n[services.dev.scrub]\nsettings = { "app.send_mail" = "off" }\n')
+        assert run_cli(*c, "snapshot", "src").returncode == 0
+        r = run_cli(*c, "--json", "restore", "--into", "dev", "--from", "src")
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+
+        def show(dbname, user=None):
+            with psycopg.connect(pg.url(dbname, user=user)) as conn:
+                return [conn.execute(f"SHOW {s}").fetchone()[0] for s in ("app.send_mail", "work_mem")]
+
+        assert show(dev)[0] == "off"  # the superuser: the database-level setting
+        assert show(dev, "r9_mailer") == ["off", "7MB"], "the mailer's role still sends mail from the dev copy"
+        assert show(dev, "r9_global")[0] == "off", "a server-wide role setting still sends mail from the dev copy"
+        assert show(src, "r9_mailer")[0] == "on" and show(src, "r9_global")[0] == "on"  # production as it was
+        assert res["scrub"]["role_settings"] == {"r9_global": ["app.send_mail"], "r9_mailer": ["app.send_mail"]}
+    finally:
+        pg.psql("ALTER ROLE r9_global RESET app.send_mail")
+
+
+def test_scrub_setting_that_cannot_be_given_to_a_role_is_refused_before_building(pg, tmp_path):
+    """A restoring role that may not set another role's settings (no CREATEROLE) cannot make a
+    scrub setting win over that role's server-wide one: refused before anything is built."""
+    tag = "r9ov"
+    with pg.connect() as conn:
+        for db in (f"{tag}_src", f"{tag}_src-dev"):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+    pg.psql(f"DROP ROLE IF EXISTS {tag}_app; DROP ROLE IF EXISTS {tag}_snap; DROP ROLE IF EXISTS {tag}_mailer")
+    pg.psql(f"CREATE ROLE {tag}_app NOLOGIN; CREATE ROLE {tag}_snap LOGIN CREATEDB; GRANT {tag}_app TO {tag}_snap; "
+            f"GRANT pg_signal_backend TO {tag}_snap; CREATE ROLE {tag}_mailer LOGIN; "
+            f"ALTER ROLE {tag}_mailer SET app.send_mail = 'on'; "
+            f"GRANT SET ON PARAMETER app.send_mail TO {tag}_snap")  # for the database-level setting (15+)
+    pg.psql(f"CREATE DATABASE {tag}_src OWNER {tag}_app")
+    with pg.connect(f"{tag}_src") as conn:
+        conn.execute(f"SET ROLE {tag}_app; CREATE TABLE t (id int PRIMARY KEY)")
+    c = _config(tmp_path, pg.url(f"{tag}_src", user=f"{tag}_snap"), pg.url(f"{tag}_src-dev", user=f"{tag}_snap"),
+                '\n[services.dev.scrub]\nsettings = { "app.send_mail" = "off" }\n')
+    assert run_cli(*c, "snapshot", "src").returncode == 0
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", env={"SNAPDB_TRACE_DIR": str(trace)})
+    assert r.returncode == 5 and f"{tag}_mailer" in r.stderr and "app.send_mail" in r.stderr, r.stderr
+    assert not (trace / "restore:created.passed").exists()
+    pg.psql(f"ALTER ROLE {tag}_mailer RESET app.send_mail; REVOKE SET ON PARAMETER app.send_mail FROM {tag}_snap")
