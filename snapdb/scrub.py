@@ -15,11 +15,16 @@ before the swap, so the target never holds unscrubbed data.
 - ``checks = ["SELECT 1 FROM app.customers WHERE email NOT LIKE '%@example.invalid'"]``: queries
   that must return no row once the rules have run; a row aborts the restore.
 
+`rules_digest(rules)` is the sha256 of what the rules demand (the column rules in order, the SQL
+files' contents in order, the settings, the checks, and `MECHANICS`); `run` records the digest of
+what it ran, and `restore --if-newer` restores a copy again when the rules now give another one.
+
 Contract: `run(conn, rules, build=…, target=…)` runs the rules and checks in `conn`'s open
 transaction (the restore's hold: every table of the build locked in SHARE mode by that very
-transaction, so no other session sees or changes the build meanwhile), and returns the record of
-what it did (rows per column rule, files with their sha256, checks passed, seconds; the restore
-adds ``role_settings``, the roles `role_overrides` gave the settings to). It refuses
+transaction, so no other session changes the build meanwhile; and until the seal no role but
+snapdb's own, and superusers, may connect to it), and returns the record of what it did (rows
+per column rule, files with their sha256, checks passed, the rules' digest, seconds; the
+restore adds ``role_settings``, the roles `role_overrides` gave the settings to). It refuses
 (`RefusedError`) a database that is not a restore's temporary build of a different target: scrub
 rules never run on a live database, production least of all. A failing statement raises
 `TargetError`, a failing check `IntegrityError`; the caller drops the build, the target stays
@@ -29,6 +34,7 @@ as it was.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import psycopg
@@ -36,10 +42,37 @@ from psycopg import sql
 
 from . import names
 from .config import ScrubConfig
-from .errors import IntegrityError, RefusedError, TargetError
+from .errors import ConfigError, IntegrityError, RefusedError, TargetError
 from .postgres import DatabaseProps, first_line
 
 HINT = "the target is unchanged; fix [services.{service}.scrub] and restore again"
+
+#: how snapdb applies the rules, as part of their digest: raised when a change to that makes the
+#: copies scrubbed before it unsafe (2: settings also outrank the roles' own settings), so that
+#: `restore --if-newer` restores those copies again
+MECHANICS = 2
+
+
+def rules_digest(rules: ScrubConfig | None) -> str | None:
+    """The digest of what `rules` demand (see the module docstring); None without rules.
+    The SQL files count by their contents, not their names. Raises `ConfigError` when a file
+    cannot be read."""
+    if rules is None:
+        return None
+    return _digest(rules, [hashlib.sha256(_read(p)).hexdigest() for p in rules.sql])
+
+
+def _digest(rules: ScrubConfig, file_sha256: list[str]) -> str:
+    doc = {"mechanics": MECHANICS, "columns": [list(c) for c in rules.columns], "sql": file_sha256,
+           "settings": sorted(rules.settings.items()), "checks": list(rules.checks)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read scrub file {path}: {exc.strerror or exc}") from None
 
 
 def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str, service: str | None = None) -> dict:
@@ -63,7 +96,7 @@ def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str
             raise TargetError(f"scrub rule for {name} failed: {first_line(exc)}", hint=hint) from None
         out["columns"].append({"column": name, "rows": rows})
     for path in rules.sql:
-        text = path.read_bytes()
+        text = _read(path)
         try:
             conn.execute(text.decode("utf-8"))
         except (psycopg.Error, UnicodeDecodeError) as exc:
@@ -82,6 +115,7 @@ def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str
             raise IntegrityError(f"scrub check {n} returned a row, so the copy is not clean: {query.strip()[:120]}",
                                  hint=hint)
         out["checks"] += 1
+    out["digest"] = _digest(rules, [f["sha256"] for f in out["sql"]])  # of what ran (a file may change meanwhile)
     out["seconds"] = round(time.monotonic() - started, 3)
     return out
 

@@ -1,12 +1,14 @@
-"""Issue 9, review findings 2 and 3 (reproductions first written in review/issue9/): a scrubbed
-restore must never let production data out, neither through the temporary build while it is
-made, nor through a per-role setting that outranks a scrub setting."""
+"""Issue 9, review findings 2-4 (reproductions first written in review/issue9/): a scrubbed restore
+must never let production data out, neither through the temporary build while it is made, nor
+through a per-role setting that outranks a scrub setting, nor through `restore --if-newer`
+keeping a copy restored before the scrub rules existed."""
 
 from __future__ import annotations
 
 import json
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from snapdb import names
@@ -198,3 +200,59 @@ def test_scrub_setting_that_cannot_be_given_to_a_role_is_refused_before_building
     assert r.returncode == 5 and f"{tag}_mailer" in r.stderr and "app.send_mail" in r.stderr, r.stderr
     assert not (trace / "restore:created.passed").exists()
     pg.psql(f"ALTER ROLE {tag}_mailer RESET app.send_mail; REVOKE SET ON PARAMETER app.send_mail FROM {tag}_snap")
+
+
+# -- finding 4: --if-newer restores a copy scrubbed under other rules again -------------------------------
+def test_if_newer_restores_again_when_the_scrub_rules_changed(pg, tmp_path, dbname):
+    src = create_db(pg, dbname, EMAILS)
+    dev = dbname + "-dev"
+    c = _config(tmp_path, pg.url(src), pg.url(dev))
+    cfg = tmp_path / "snapdb.toml"
+    base = cfg.read_text()
+    assert run_cli(*c, "snapshot", "src").returncode == 0
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src")
+    assert r.returncode == 0, r.stderr
+
+    def if_newer() -> dict:
+        r = run_cli(*c, "--json", "restore", "--into", "dev", "--from", "src", "--if-newer")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def prod_emails() -> int:
+        with psycopg.connect(pg.url(dev)) as conn:
+            return conn.execute("SELECT count(*) FROM customers WHERE email LIKE '%@prod.example.com'").fetchone()[0]
+
+    assert if_newer()["outcome"] == "skipped" and prod_emails() == 50  # no rules then, none now
+    # the operator now adds scrub rules for dev; the nightly cron job runs with --if-newer
+    cfg.write_text(base + SCRUB_EMAILS)
+    res = if_newer()
+    assert res["outcome"] == "restored" and "scrub" in res["held"], res
+    assert prod_emails() == 0
+    assert if_newer()["outcome"] == "skipped"  # the same rules: up to date
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", "--if-newer")
+    assert r.returncode == 0 and "is up to date" in r.stderr, r.stderr
+    # a changed rule (a check added) is another digest: restored again, and the text says why
+    cfg.write_text(base + SCRUB_EMAILS.replace("checks = [", "checks = [\"SELECT 1 FROM customers WHERE id < 0\", "))
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", "--if-newer")
+    assert r.returncode == 0 and "scrub rules" in r.stderr and "restored snapshot" in r.stderr, r.stderr
+    assert if_newer()["outcome"] == "skipped"
+
+
+@pytest.mark.parametrize("edit", ["file", "setting"])
+def test_scrub_digest_follows_what_the_rules_demand(tmp_path, edit):
+    """The digest changes with a SQL file's contents or a setting's value, not with the file's name."""
+    from snapdb.config import ScrubConfig
+    from snapdb.scrub import rules_digest
+
+    f = tmp_path / "a.sql"
+    f.write_text("UPDATE t SET x = 1;\n")
+    rules = ScrubConfig(sql=[f], settings={"app.send_mail": "off"})
+    before = rules_digest(rules)
+    g = tmp_path / "b.sql"
+    g.write_text(f.read_text())
+    assert rules_digest(ScrubConfig(sql=[g], settings={"app.send_mail": "off"})) == before
+    if edit == "file":
+        f.write_text("UPDATE t SET x = 2;\n")
+    else:
+        rules.settings["app.send_mail"] = "on"
+    assert rules_digest(rules) != before and rules_digest(None) is None
