@@ -19,12 +19,13 @@ only by the swap:
    locale provider stated explicitly, remembering its OID, closed to connections until its
    privileges are snapdb's own role's alone (no other role may read it until the seal); restore
    the schema, load every table part with COPY in `jobs` worker processes (through the
-   partition root where enum OIDs decide the partition), restore the post-data section. Then a `hold.TableHold` in SHARE mode keeps
-   every other session from writing to the build while it is verified (by OID) against the
-   manifest (ANALYZE runs in the hold's transaction meanwhile); a non-production target's scrub
-   rules run in the hold's transaction (`scrub`: after the verification, which proves what was
-   restored; a failing check drops the build); a managed database's ``restore`` row and the
-   database-level properties but the privileges (with the scrub's settings) are written.
+   partition root where enum OIDs decide the partition), restore the post-data section. Then a
+   `hold.TableHold` in SHARE mode keeps every other session from writing to the build while it
+   is verified (by OID) against the manifest (ANALYZE runs in the hold's transaction meanwhile);
+   a non-production target's scrub rules run in the hold's transaction (`scrub`: after the
+   verification, which proves what was restored; a failing check drops the build); a managed
+   database's ``restore`` row and the database-level properties but the privileges (with the
+   scrub's settings, also for the roles whose own settings would outrank them) are written.
 4. `seal`: end every other session on the build, give it its privileges (now that it is closed
    and scrubbed), check its catalog fingerprint has not moved since verification, and commit the
    hold: what is swapped in is what was verified.
