@@ -295,6 +295,8 @@ def restore(
     how = "verified" if res.verified == "full" else "verified quickly (files, row counts and catalog; no read-back)"
     _say(f"restored snapshot {res.snapshot_id} ({res.source}) into {res.target} on {res.server}"
          f" in {res.seconds:.1f}s: {res.tables} tables, {res.rows} rows, {how}")
+    if res.held:
+        _say(f"--if-newer did not skip it: {res.held}")
     if res.scrub:
         sc = res.scrub
         _say(f"scrubbed before the swap: {sum(c['rows'] for c in sc['columns'])} rows in {len(sc['columns'])} column "

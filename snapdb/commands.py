@@ -84,7 +84,7 @@ class RestoreResult:
     verified: str = "full"  # full: every table read back; quick: files, row counts and catalog only
     scrub: dict | None = None  # what the target's scrub rules did (snapdb/scrub.py), if it has some
     outcome: str = "restored"  # or "skipped": --if-newer found the target already holds this snapshot
-    held: str | None = None  # with "skipped": why the target provably holds it (ops/refresh.py)
+    held: str | None = None  # with if_newer: why it was skipped, or why not (ops/refresh.py up_to_date)
 
     def to_json(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -246,8 +246,8 @@ def restore(
 ) -> RestoreResult:
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
 
-    With `if_newer`, do nothing (outcome ``skipped``) when INTO provably holds that snapshot
-    already (`snapdb.ops.refresh`); the check only reads, and takes no lock.
+    With `if_newer`, do nothing (outcome ``skipped``) when INTO provably holds that snapshot, scrubbed
+    under its current scrub rules (`snapdb.ops.refresh`); the check only reads, and takes no lock.
 
     Example: ``restore(cfg, into="service0-dev", from_="prod", if_newer=True)``
     """
@@ -268,20 +268,20 @@ def restore(
         raise ConfigError(f"invalid target database name {dbname!r} (1 to 63 bytes, no NUL)")
     _check_target_allowed(cfg, into, ep, dbname, m)
     _refuse_during_cutover(cfg, st, ep, dbname, f"restore into {dbname!r}")
-    if if_newer:
-        from .ops.refresh import held_snapshot
+    scrubbing, why = _scrub_rules(cfg, into, ep, dbname), None
+    if if_newer:  # skipped only when it holds the snapshot, scrubbed under the rules it has now
+        from .ops.refresh import up_to_date
 
-        held = held_snapshot(st, ep, dbname, maintenance_db())
-        if held.snapshot_id == m.id:
+        skip, why = up_to_date(st, ep, dbname, maintenance_db(), m.id, scrubbing["scrub"], scrubbing["service"])
+        if skip:
             return RestoreResult(snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
                                  previous=None, tables=len(m.tables), rows=m.rows, verified=verify,
-                                 outcome="skipped", held=held.reason)
+                                 outcome="skipped", held=why)
     role_map = cfg.services[into].role_map if into in cfg.services else (
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
                           drop_slots=drop_slots, detach_subscriptions=detach_subscriptions,
-                          protected=sources.production_identities(cfg, st),
-                          **_scrub_rules(cfg, into, ep, dbname))
+                          protected=sources.production_identities(cfg, st), **scrubbing)
     started, clock = mf.utcnow(), time.monotonic()
     try:
         out = restore_snapshot(st, m, ep, dbname, jobs=jobs, keep_previous=keep_previous,
@@ -295,7 +295,7 @@ def restore(
         snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
         previous=out.previous, kept_previous=out.kept, dropped_previous=out.dropped,
         tables=out.tables, rows=out.rows, seconds=out.seconds, warnings=warnings, verified=out.verified,
-        scrub=out.scrub,
+        scrub=out.scrub, held=why,
     )
 
 

@@ -425,6 +425,44 @@ def apply_database_acl(conn: psycopg.Connection, dbname: str, props: DatabasePro
             )
 
 
+def own_acl(role: str) -> list[dict]:
+    """Every database privilege for `role` alone: the ACL of a database that no other role (but
+    superusers, whom no privilege stops) may connect to."""
+    return [{"grantee": role, "privilege": p, "grantable": False} for p in sorted(DATABASE_PRIVILEGES)]
+
+
+def database_owner(conn: psycopg.Connection, dbname: str) -> str:
+    return conn.execute("SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s",
+                        (dbname,)).fetchone()[0]
+
+
+def restrict_database_acl(conn: psycopg.Connection, dbname: str, role: str) -> None:
+    """Make `role` the only grantee of `dbname`'s privileges (PUBLIC's and the owner's revoked:
+    the owner is often the application's role). Runs in the caller's transaction; sessions
+    already connected stay, so restrict a database no other role can have reached yet."""
+    apply_database_acl(conn, dbname, DatabaseProps(encoding="", collate="", ctype="", owner=database_owner(conn, dbname),
+                                                   acl=own_acl(role)))
+
+
+def open_database_acl(conn: psycopg.Connection, dbname: str, props: DatabaseProps, restricted_to: str) -> None:
+    """Undo `restrict_database_acl(conn, dbname, restricted_to)`: give `dbname` the privileges
+    `props.acl`. The default privileges (None) become no ACL at all when the connected role is a
+    superuser (only a catalog update can store that), else the same grants made explicitly, which
+    `read_database_props` reads back as the default. Runs in the caller's transaction."""
+    owner = database_owner(conn, dbname)
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(dbname),
+                                                                     sql.Identifier(restricted_to)))
+    apply_database_acl(conn, dbname, DatabaseProps(encoding="", collate="", ctype="", owner=owner,
+                                                   acl=default_acl(owner) if props.acl is None else props.acl))
+    if props.acl is None and is_superuser(conn):
+        conn.execute("UPDATE pg_catalog.pg_database SET datacl = NULL WHERE datname = %s", (dbname,))
+
+
+def is_superuser(conn: psycopg.Connection) -> bool:
+    """Whether the connected role is a superuser."""
+    return bool(conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0])
+
+
 def database_exists(conn: psycopg.Connection, dbname: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (dbname,)).fetchone() is not None
 
@@ -446,9 +484,11 @@ def system_identifier(conn: psycopg.Connection) -> str | None:
 _PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
 
 
-def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps, owner: str | None = None) -> int:
+def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps, owner: str | None = None, *,
+                    allow_connections: bool = True) -> int:
     """Create an empty database with the encoding and locale of `props`, owned by `owner` (the
-    connected role when None); return its OID (autocommit conn).
+    connected role when None); return its OID (autocommit conn). Without `allow_connections` it
+    refuses every session (``ALLOW_CONNECTIONS false``) from its first moment.
 
     The locale provider is always stated: left out, the server would take template0's, so a
     libc database restored onto a server whose template0 uses ICU would silently sort otherwise.
@@ -475,6 +515,8 @@ def create_database(conn: psycopg.Connection, dbname: str, props: DatabaseProps,
     elif provider != "c":
         raise SnapdbError(f"the server (PostgreSQL {version_string(version)}) has no locale provider "
                           f"{_PROVIDERS.get(provider, provider)!r}, which the snapshot's database uses")
+    if not allow_connections:
+        parts.append(sql.SQL(" ALLOW_CONNECTIONS false"))
     conn.execute(sql.Composed(parts))
     return database_oid(conn, dbname)
 

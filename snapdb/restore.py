@@ -16,16 +16,19 @@ only by the swap:
 2. `make_room`: drop previous copies beyond `keep_previous` (surplus the policy drops whatever
    happens; the copies it keeps stay until the swap has committed).
 3. `build`: ``CREATE DATABASE <tmp> OWNER <owner>`` with the snapshot's encoding, locale and
-   locale provider stated explicitly, remembering its OID; restore the schema, load every table
-   part with COPY in `jobs` worker processes (through the partition root where enum OIDs decide
-   the partition), restore the post-data section. Then a `hold.TableHold` in SHARE mode keeps
-   every other session from writing to the build while it is verified (by OID) against the
-   manifest (ANALYZE runs in the hold's transaction meanwhile); a non-production target's scrub
-   rules run in the hold's transaction (`scrub`: after the verification, which proves what was
-   restored; a failing check drops the build); a managed database's ``restore`` row and the
-   database-level properties (with the scrub's settings) are written.
-4. `seal`: end every other session on the build, check its catalog fingerprint has not moved
-   since verification, and commit the hold: what is swapped in is what was verified.
+   locale provider stated explicitly, remembering its OID, closed to connections until its
+   privileges are snapdb's own role's alone (no other role may read it until the seal); restore
+   the schema, load every table part with COPY in `jobs` worker processes (through the
+   partition root where enum OIDs decide the partition), restore the post-data section. Then a
+   `hold.TableHold` in SHARE mode keeps every other session from writing to the build while it
+   is verified (by OID) against the manifest (ANALYZE runs in the hold's transaction meanwhile);
+   a non-production target's scrub rules run in the hold's transaction (`scrub`: after the
+   verification, which proves what was restored; a failing check drops the build); a managed
+   database's ``restore`` row and the database-level properties but the privileges (with the
+   scrub's settings, also for the roles whose own settings would outrank them) are written.
+4. `seal`: end every other session on the build, give it its privileges (now that it is closed
+   and scrubbed), check its catalog fingerprint has not moved since verification, and commit the
+   hold: what is swapped in is what was verified.
 5. `swap` (`swap.swap_in`), in one transaction: check again what the target carries, end the
    target's and the build's sessions, rename the target aside and the build into place, and prove
    by OID that the database now called target is this run's build.
@@ -42,11 +45,12 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
 import zstandard
+from psycopg import sql
 
 from . import faults, fingerprint, history, locks, manifest as mf, names, pgtools, pipes, roles, scrub, swap
 from .compression import open_zstd
@@ -55,7 +59,7 @@ from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
 from .hold import TableHold
 from .postgres import (
     SNAPDB_SCHEMA, DatabaseProps, apply_database_props, connect, control_session, create_database, drop_database,
-    first_line, set_sequences, system_identifier,
+    first_line, open_database_acl, own_acl, restrict_database_acl, set_sequences, system_identifier,
 )
 from .progress import NULL, Reporter
 from .store import Store
@@ -200,6 +204,8 @@ class Build:
         self.warnings: list[str] = []
         self._fingerprint: dict | None = None
         self.scrubbed: dict | None = None
+        self.props: DatabaseProps | None = None  # what `build` applies; the privileges at the seal
+        self._me = ""  # the restoring role: until the seal the build's only grantee
 
     # -- 1. prepare -------------------------------------------------------------------------------
     def prepare(self, inspect_target: bool = True, own_source: bool = False) -> None:
@@ -232,7 +238,10 @@ class Build:
         self.workdir = pgtools.scratch_dir()
         self.archive = _extract_archive(self.store, self.manifest, self.workdir)
         self.tool = _restore_tool(self.manifest, self.maint)
-        self.owner = _check_roles(self.maint, self.archive, self.manifest.database, self.opts, self.tool)
+        overrides = {} if self.opts.scrub is None else scrub.role_overrides(
+            _mapped_props(self.manifest.database, self.opts, None), self.opts.scrub.settings,
+            scrub.server_role_settings(self.maint))
+        self.owner = _check_roles(self.maint, self.archive, self.manifest.database, self.opts, self.tool, overrides)
 
     def _refuse_protected(self) -> None:
         key = self.server.server_key()
@@ -309,11 +318,20 @@ class Build:
 
     # -- 3. build ---------------------------------------------------------------------------------
     def build(self, props: DatabaseProps | None = None) -> int:
-        """Create, load and verify the build; apply `props` (default: the manifest's, mapped).
-        Returns the build's OID."""
+        """Create, load and verify the build; apply `props` (default: the manifest's, mapped)
+        but their privileges: from its creation until `open_privileges` only snapdb's own role
+        (and superusers, whom no privilege stops) may connect to the build. Returns its OID."""
         assert self.maint is not None and self.pool is not None and self.archive is not None
         drop_database(self.maint, self.tmp)  # a build left by an interrupted run (we hold the lock)
-        self.oid = create_database(self.maint, self.tmp, self.manifest.database, owner=self.owner)
+        # snapdb's alone until the seal: PUBLIC's default CONNECT (and the owner's: often the
+        # application's role) would let other roles read the rows before they are scrubbed. Created
+        # closed to every session, so none can be there when the privileges are narrowed
+        self.oid = create_database(self.maint, self.tmp, self.manifest.database, owner=self.owner,
+                                   allow_connections=False)
+        self._me = self.maint.execute("SELECT current_user").fetchone()[0]
+        with self.maint.transaction():
+            restrict_database_acl(self.maint, self.tmp, self._me)
+            self.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(self.tmp)))
         faults.checkpoint("restore:created")
         _build(self.pool, self.store, self.manifest, self.server, self.tmp, self.jobs, self.reporter, self.archive,
                self.tool, self.opts)
@@ -347,11 +365,22 @@ class Build:
             faults.checkpoint("restore:scrubbed")
         history.record_restore(self.server, self.tmp, self.target, self.manifest, conn=self.hold.conn)
         props = props or _mapped_props(self.manifest.database, self.opts, self.owner)
-        if self.opts.scrub is not None:
-            props = scrub.with_settings(props, self.opts.scrub.settings)
-        with self.maint.transaction():
-            apply_database_props(self.maint, self.tmp, props)
+        if self.opts.scrub is not None:  # also for the roles whose own settings would outrank them
+            server_roles = scrub.server_role_settings(self.maint)
+            self.scrubbed["role_settings"] = scrub.role_overrides(props, self.opts.scrub.settings, server_roles)
+            props = scrub.with_settings(props, self.opts.scrub.settings, server_roles)
+        self.props = props
+        with self.maint.transaction():  # all but the privileges, which `open_privileges` gives
+            apply_database_props(self.maint, self.tmp, replace(props, acl=own_acl(self._me)))
         return self.oid
+
+    def open_privileges(self) -> None:
+        """Give the build the database privileges of its `props` (the target's, after the role
+        map and the options) instead of snapdb's own-role-only ones; `seal` does, once the build
+        is closed to connections."""
+        assert self.maint is not None and self.props is not None
+        with self.maint.transaction():
+            open_database_acl(self.maint, self.tmp, self.props, self._me)
 
     def _end_build_sessions(self, own: int | None = None) -> list[tuple]:
         """End every session on the build but the hold's own (pid `own`, default the current
@@ -379,11 +408,13 @@ class Build:
 
     # -- 4. seal ------------------------------------------------------------------------------------
     def seal(self) -> None:
-        """Close the build to new sessions (until the swap opens it), end the others, check
+        """Close the build to new sessions (until the swap opens it), end the others, give it
+        its privileges (`open_privileges`: nobody can connect now, and the scrub is done), check
         nothing moved since verification (when the hold is still there), commit the hold."""
         assert self.maint is not None
         swap.close_build(self.maint, self.tmp)
         intruders = self._end_build_sessions()
+        self.open_privileges()
         if self.hold is None:
             return
         assert self._fingerprint is not None
@@ -571,10 +602,11 @@ def _schema_entries(tool: str, archive: Path) -> Path:
 
 
 def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps, opts: RestoreOptions,
-                 tool: str) -> str | None:
+                 tool: str, overrides: dict[str, list[str]]) -> str | None:
     """Check every role the restore needs (see `roles`); return the build's owner (None: the
     restoring role). Raises `TargetError` listing every missing role and every ownership or
-    setting the restoring role cannot give."""
+    setting the restoring role cannot give, the scrub's `overrides` ({role: settings},
+    `scrub.role_overrides`) included."""
     entries = _schema_entries(tool, archive)
     refs = roles.scan(pipes.lines_of([tool, "-L", str(entries), "-f", "-", str(archive)],
                                      TargetError, "reading the schema archive"))
@@ -607,12 +639,16 @@ def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps,
     cannot = [r for r in owners if not tr.can_set(r)]
     if cannot:
         problems.append(f"role {tr.current} cannot give ownership to {', '.join(cannot)} (it is not a member)")
-    unsettable = [r for r in sorted({opts.role_map.get(x, x) for x in props.role_settings})
+    unsettable = [r for r in sorted({opts.role_map.get(x, x) for x in props.role_settings} | set(overrides))
                   if r in tr.existing and not tr.can_alter(r)]
     if unsettable:
         problems.append(f"role {tr.current} cannot set per-role settings for {', '.join(unsettable)} in the database "
                         + ("(needs CREATEROLE and ADMIN OPTION on them)" if maint.info.server_version >= 160000
                            else "(needs CREATEROLE)"))
+        scrubbed = [f"{r} ({', '.join(overrides[r])})" for r in unsettable if r in overrides]
+        if scrubbed:
+            problems.append("the scrub settings must outrank these roles' own settings of the same name: "
+                            + ", ".join(scrubbed))
     if problems:
         raise TargetError(
             "the target server is not ready for this snapshot: " + "; ".join(problems),

@@ -9,15 +9,22 @@ before the swap, so the target never holds unscrubbed data.
   columns);
 - ``sql = ["scrub/dev.sql"]``: files of SQL statements, run in order after the column rules
   (relative to the configuration file; no transaction control inside: they run in snapdb's);
-- ``settings = { "app.send_mail" = "off" }``: database-level settings the copy gets on top of
-  the snapshot's (applied with the source's, replacing a setting of the same name);
+- ``settings = { "app.send_mail" = "off" }``: settings the copy gets on top of the snapshot's:
+  at database level (replacing the source's setting of the same name), and for every role whose
+  own setting of that name would outrank it (`with_settings`);
 - ``checks = ["SELECT 1 FROM app.customers WHERE email NOT LIKE '%@example.invalid'"]``: queries
   that must return no row once the rules have run; a row aborts the restore.
 
+`rules_digest(rules)` is the sha256 of what the rules demand (the column rules in order, the SQL
+files' contents in order, the settings, the checks, and `MECHANICS`); `run` records the digest of
+what it ran, and `restore --if-newer` restores a copy again when the rules now give another one.
+
 Contract: `run(conn, rules, build=…, target=…)` runs the rules and checks in `conn`'s open
 transaction (the restore's hold: every table of the build locked in SHARE mode by that very
-transaction, so no other session sees or changes the build meanwhile), and returns the record of
-what it did (rows per column rule, files with their sha256, checks passed, seconds). It refuses
+transaction, so no other session changes the build meanwhile; and until the seal no role but
+snapdb's own, and superusers, may connect to it), and returns the record of what it did (rows
+per column rule, files with their sha256, checks passed, the rules' digest, seconds; the
+restore adds ``role_settings``, the roles `role_overrides` gave the settings to). It refuses
 (`RefusedError`) a database that is not a restore's temporary build of a different target: scrub
 rules never run on a live database, production least of all. A failing statement raises
 `TargetError`, a failing check `IntegrityError`; the caller drops the build, the target stays
@@ -27,6 +34,7 @@ as it was.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import psycopg
@@ -34,10 +42,37 @@ from psycopg import sql
 
 from . import names
 from .config import ScrubConfig
-from .errors import IntegrityError, RefusedError, TargetError
+from .errors import ConfigError, IntegrityError, RefusedError, TargetError
 from .postgres import DatabaseProps, first_line
 
 HINT = "the target is unchanged; fix [services.{service}.scrub] and restore again"
+
+#: how snapdb applies the rules, as part of their digest: raised when a change to that makes the
+#: copies scrubbed before it unsafe (2: settings also outrank the roles' own settings), so that
+#: `restore --if-newer` restores those copies again
+MECHANICS = 2
+
+
+def rules_digest(rules: ScrubConfig | None) -> str | None:
+    """The digest of what `rules` demand (see the module docstring); None without rules.
+    The SQL files count by their contents, not their names. Raises `ConfigError` when a file
+    cannot be read."""
+    if rules is None:
+        return None
+    return _digest(rules, [hashlib.sha256(_read(p)).hexdigest() for p in rules.sql])
+
+
+def _digest(rules: ScrubConfig, file_sha256: list[str]) -> str:
+    doc = {"mechanics": MECHANICS, "columns": [list(c) for c in rules.columns], "sql": file_sha256,
+           "settings": sorted(rules.settings.items()), "checks": list(rules.checks)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read scrub file {path}: {exc.strerror or exc}") from None
 
 
 def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str, service: str | None = None) -> dict:
@@ -61,7 +96,7 @@ def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str
             raise TargetError(f"scrub rule for {name} failed: {first_line(exc)}", hint=hint) from None
         out["columns"].append({"column": name, "rows": rows})
     for path in rules.sql:
-        text = path.read_bytes()
+        text = _read(path)
         try:
             conn.execute(text.decode("utf-8"))
         except (psycopg.Error, UnicodeDecodeError) as exc:
@@ -80,6 +115,7 @@ def run(conn: psycopg.Connection, rules: ScrubConfig, *, build: str, target: str
             raise IntegrityError(f"scrub check {n} returned a row, so the copy is not clean: {query.strip()[:120]}",
                                  hint=hint)
         out["checks"] += 1
+    out["digest"] = _digest(rules, [f["sha256"] for f in out["sql"]])  # of what ran (a file may change meanwhile)
     out["seconds"] = round(time.monotonic() - started, 3)
     return out
 
@@ -98,11 +134,52 @@ def rules_for(cfg, into: str, server_key: tuple[str, str], dbname: str) -> tuple
     return None, None
 
 
-def with_settings(props: DatabaseProps, settings: dict[str, str]) -> DatabaseProps:
-    """`props` with the database-level `settings` set (replacing those of the same name)."""
+def _name(item: str) -> str:
+    """The setting name of a ``name=value`` entry of pg_db_role_setting (names are case-blind)."""
+    return item.split("=", 1)[0].lower()
+
+
+def server_role_settings(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Every role's settings for all databases of `conn`'s server (``ALTER ROLE … SET``)."""
+    return {role: list(items or []) for role, items in conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(setrole), setconfig FROM pg_catalog.pg_db_role_setting "
+        "WHERE setdatabase = 0 AND setrole <> 0 ORDER BY 1").fetchall()}
+
+
+def role_overrides(props: DatabaseProps, settings: dict[str, str],
+                   server_roles: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The scrub `settings` each role must get in the copy itself, so that they hold for it.
+
+    A session's defaults come from the most specific entry: its role in its database (``ALTER
+    ROLE r IN DATABASE d SET``: `props.role_settings`, copied from the source), then its role on
+    every database (``ALTER ROLE r SET``: `server_roles`, the target server's), then the database
+    (``ALTER DATABASE d SET``), then the server. A database-level scrub setting therefore loses to
+    either role entry of the same name. Each role that has one gets the scrub's value for itself
+    in the copy (role-in-database: the top level, which wins over whatever is below it and
+    changes nothing outside the copy); resetting instead would hand the decision to the role's
+    server-wide value, and that one cannot be reset without changing every database on the server.
+    Returns {role: names of the settings given} (roles as in `props`, after any role map)."""
+    want = {k.lower() for k in settings}
+    out = {}
+    for role in sorted(set(props.role_settings) | set(server_roles)):
+        hit = {_name(i) for i in props.role_settings.get(role, []) + server_roles.get(role, [])} & want
+        if hit:
+            out[role] = sorted(k for k in settings if k.lower() in hit)
+    return out
+
+
+def with_settings(props: DatabaseProps, settings: dict[str, str],
+                  server_roles: dict[str, list[str]] | None = None) -> DatabaseProps:
+    """`props` with the scrub `settings` set at database level (replacing those of the same name)
+    and for every role of `role_overrides` in the database (replacing its own entry)."""
     if not settings:
         return props
-    keep = [s for s in props.settings if s.split("=", 1)[0] not in settings]
     from dataclasses import replace
 
-    return replace(props, settings=keep + [f"{k}={v}" for k, v in settings.items()])
+    want = {k.lower() for k in settings}
+    keep = [s for s in props.settings if _name(s) not in want]
+    role_settings = {r: list(v) for r, v in props.role_settings.items()}
+    for role, given in role_overrides(props, settings, server_roles or {}).items():
+        role_settings[role] = [s for s in role_settings.get(role, []) if _name(s) not in want] + [
+            f"{k}={settings[k]}" for k in given]
+    return replace(props, settings=keep + [f"{k}={v}" for k, v in settings.items()], role_settings=role_settings)

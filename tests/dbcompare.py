@@ -75,17 +75,22 @@ def matview_state(pg, dbname: str) -> list[tuple]:
         return conn.execute("SELECT schemaname, matviewname, ispopulated FROM pg_matviews ORDER BY 1, 2").fetchall()
 
 
-def database_props(pg, dbname: str, other=None) -> dict:
+def database_props(pg, dbname: str, other=None, default_acl_as_none: bool = False) -> dict:
     """Database-level properties straight from the shared catalogs (not snapdb's reader): owner,
     encoding, locale and provider, connection limit, whether it accepts connections, grants,
     comment, and every database and role-in-database setting exactly as stored. `other`: the
-    cluster holding `dbname` when it is not `pg`."""
+    cluster holding `dbname` when it is not `pg`. `default_acl_as_none`: grants equal to the
+    defaults (``acldefault``) read as no ACL, which means the same (a restoring role that is no
+    superuser cannot store "no ACL" once it has changed a database's grants)."""
+    acl = "(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(datacl) a)"
+    if default_acl_as_none:
+        acl = (f"CASE WHEN {acl} = (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(acldefault('d', datdba)) a) "
+               f"THEN NULL ELSE {acl} END")
     with (other or pg).connect() as conn:
         locale = "datlocale" if conn.info.server_version >= 170000 else "daticulocale"
         row = conn.execute(sql.SQL(
             "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype, "
-            "datlocprovider::text, {}, datconnlimit, datallowconn, "
-            "(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(datacl) a), "
+            "datlocprovider::text, {}, datconnlimit, datallowconn, " + acl + ", "
             "shobj_description(oid, 'pg_database'), oid FROM pg_database WHERE datname = %s").format(
                 sql.Identifier(locale)), (dbname,)).fetchone()
         settings = conn.execute(
@@ -122,4 +127,5 @@ def assert_same_database(pg, src: str, dst: str, schema_reference: str | None = 
     else:  # `src` was loaded anew (new OIDs): owners and contents
         assert sorted(lo[1:] for lo in large_objects(pg, src)) == sorted(lo[1:] for lo in large_objects(pg2, dst))
     assert matview_state(pg, src) == matview_state(pg2, dst)
-    assert database_props(pg, src) == database_props(pg, dst, other=pg2)
+    assert database_props(pg, src, default_acl_as_none=True) == database_props(pg, dst, other=pg2,
+                                                                               default_acl_as_none=True)

@@ -42,7 +42,7 @@ from ..names import quote_ident
 from ..errors import RefusedError, SnapdbError, TargetError
 from ..hold import TableHold
 from ..manifest import utcnow
-from ..postgres import connect, control_session, first_line, read_database_props
+from ..postgres import connect, control_session, first_line, is_superuser, read_database_props
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,6 @@ def apply(conn: psycopg.Connection, st: FreezeState) -> None:
             if not is_superuser(conn):
                 conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(_db(st.dbname), sql.Identifier(st.own_user)))
     st.started_at = st.started_at or utcnow().isoformat()
-
-
-def is_superuser(conn: psycopg.Connection) -> bool:
-    return bool(conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0])
 
 
 def release(conn: psycopg.Connection, st: FreezeState, dbname: str | None = None, *, reconnect: bool = True) -> None:

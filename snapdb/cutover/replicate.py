@@ -163,6 +163,7 @@ def _build(ctx: run.Context, rep: str) -> None:
     b.prepare(inspect_target=False, own_source=True)
     j.note(ctx.store, build={"name": b.tmp, "oid": None})
     oid = b.build()
+    b.open_privileges()  # B has A's privileges from its build on, as A's copy (no scrub in a cutover)
     j.note(ctx.store, build={"name": b.tmp, "oid": oid})
     b.release_hold()  # B must take the replicated rows next
     j.end(ctx.store, "build", build={"name": b.tmp, "oid": oid}, tables=len(tables))

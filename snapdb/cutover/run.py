@@ -40,8 +40,8 @@ from psycopg import sql
 from .. import faults, fingerprint, history, locks, manifest as mf, names
 from ..config import Config, Endpoint
 from ..errors import AbortedError, ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
-from ..postgres import (SNAPDB_SCHEMA, DatabaseProps, apply_database_acl, connect, control_session, default_acl,
-                        drop_database, first_line)
+from ..postgres import (SNAPDB_SCHEMA, DatabaseProps, apply_database_acl, connect, control_session, drop_database,
+                        first_line, open_database_acl, own_acl)
 from ..progress import NULL, Reporter
 from ..restore import Build, RestoreOptions
 from ..snapshot import take_snapshot
@@ -402,25 +402,14 @@ def _closed_props(ctx: Context) -> DatabaseProps:
     role only, so that no application session can reach B (by its temporary name) before the
     swap. `_open_to_apps` gives B A's privileges, once B is closed to connections."""
     props = DatabaseProps(**ctx.st.props)
-    props.acl = [{"grantee": ctx.st.own_user, "privilege": p, "grantable": False}
-                 for p in ("CONNECT", "CREATE", "TEMPORARY")]
+    props.acl = own_acl(ctx.st.own_user)
     return props
 
 
 def _open_to_apps(ctx: Context, dbname: str) -> None:
-    """Give B A's database privileges (see `_closed_props`). A's default privileges (no ACL at
-    all) are restored as no ACL when snapdb is a superuser, else as the same grants made
-    explicitly (which `read_database_props` reads back as the default)."""
-    props = DatabaseProps(**ctx.st.props)
-    default = props.acl is None
-    if default:
-        props.acl = default_acl(props.owner)
+    """Give B A's database privileges (see `_closed_props`; `postgres.open_database_acl`)."""
     with ctx.maint.transaction():
-        ctx.maint.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-            sql.Identifier(dbname), sql.Identifier(ctx.st.own_user)))
-        apply_database_acl(ctx.maint, dbname, props)
-        if default and freeze.is_superuser(ctx.maint):
-            ctx.maint.execute("UPDATE pg_catalog.pg_database SET datacl = NULL WHERE datname = %s", (dbname,))
+        open_database_acl(ctx.maint, dbname, DatabaseProps(**ctx.st.props), ctx.st.own_user)
 
 
 def _reopen_build(ctx: Context, dbname: str) -> None:

@@ -11,6 +11,11 @@ newest ``restore`` row must agree as well: a ``pg_restore --clean`` into the sam
 its OID but replaces its rows, and its history with them. Anything missing, unreadable or in
 disagreement means "not held": the restore runs, which is never wrong, only slower.
 
+A scrubbed copy is up to date only when it was scrubbed under the rules its service has now:
+`up_to_date` compares the digest of the rules the restore ran (its catalog record's
+``scrub.digest``) with `scrub.rules_digest` of the current ones, so a copy restored before the
+rules existed (or changed) is restored again, although it holds the snapshot.
+
 Read access only: a session to the maintenance database (the target's OID, the server's system
 identifier when the role may read it), one to the target (its ``snapdb.history``) when the copy
 should carry a row, and catalog reads. No lock: the restore that may follow takes its own, and a
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import psycopg
 
 from .. import history
-from ..config import Endpoint
+from ..config import Endpoint, ScrubConfig
 from ..errors import SnapdbError, TargetError
 from ..postgres import connect, first_line, system_identifier
 from ..store import Store
@@ -39,6 +44,7 @@ class Held:
     reason: str
     oid: int | None = None
     record_id: str | None = None
+    scrub_digest: str | None = None  # the digest of the scrub rules the restore ran (None: none)
 
 
 def held_snapshot(store: Store, server: Endpoint, dbname: str, maintenance_db: str,
@@ -68,8 +74,33 @@ def held_snapshot(store: Store, server: Endpoint, dbname: str, maintenance_db: s
         if own is None or own[0] != rec.restored_from:
             return Held(None, f"{dbname!r}'s snapdb.history names {own[0] if own else 'no restore'}, not snapshot "
                               f"{rec.restored_from} (its contents were replaced since)", oid)
+    digest = rec.scrub.get("digest") if isinstance(rec.scrub, dict) else None
     return Held(rec.restored_from, f"restore {rec.record_id} built {dbname!r} (OID {oid}) from snapshot "
-                                   f"{rec.restored_from}", oid, rec.record_id)
+                                   f"{rec.restored_from}", oid, rec.record_id, digest)
+
+
+def up_to_date(store: Store, server: Endpoint, dbname: str, maintenance_db: str, snapshot_id: str,
+               rules: ScrubConfig | None, service: str | None = None) -> tuple[bool, str]:
+    """Whether `restore --if-newer` may skip restoring `snapshot_id` into `dbname`, and why (or
+    why not): the database provably holds that snapshot (`held_snapshot`) and was scrubbed under
+    the scrub `rules` (of `service`) it is to have now, or neither then nor now."""
+    from ..scrub import rules_digest
+
+    held = held_snapshot(store, server, dbname, maintenance_db)
+    if held.snapshot_id != snapshot_id:
+        return False, held.reason if held.snapshot_id is None else f"{held.reason}, not {snapshot_id}"
+    want = rules_digest(rules)
+    if held.scrub_digest == want:
+        return True, held.reason
+    rules_of = f"[services.{service}.scrub]" if service else "its scrub rules"
+    if want is None:
+        why = f"but unlike now it was scrubbed (the rules of {rules_of} are gone)"
+    elif held.scrub_digest is None:
+        why = f"but unscrubbed, or scrubbed by a snapdb that recorded no digest, and {rules_of} demands a scrub"
+    else:
+        why = f"but scrubbed under other scrub rules than {rules_of} has now (digest {held.scrub_digest[:12]}, " \
+              f"now {want[:12]})"
+    return False, f"{held.reason}, {why}"
 
 
 def holdings(store: Store, services: dict[str, Endpoint], maintenance_db: str) -> dict[str, dict | None]:
