@@ -80,7 +80,8 @@ def plan_parts(table: TableRef, jobs: int, server_version: int) -> list[PageRang
     """Split a large table into page ranges so `jobs` sessions can share it."""
     if server_version < 140000 or table.bytes < SPLIT_MIN_BYTES:
         return [None]
-    n = min(MAX_PARTS, max(-(-table.bytes // PART_BYTES), jobs))
+    n = max(-(-table.bytes // PART_BYTES), jobs)
+    n = min(MAX_PARTS, -(-n // max(1, jobs)) * max(1, jobs))  # a multiple of jobs: no part left to run alone at the end
     return split_pages(table.bytes // BLOCK_SIZE, n)
 
 
