@@ -1,0 +1,94 @@
+"""The build's ACL narrowing (review/issue9 item 2's fix) does not keep the build's OWNER out.
+
+`restrict_database_acl` revokes PUBLIC's and the owner's privileges on the build, but the build is
+created OWNER <the source's owner> (often the application's LOGIN role, whose password sits in
+the dev application's configuration). PostgreSQL treats an object's owner as holding every
+grant option: the owner may simply grant CONNECT back to itself (from any database it can reach,
+e.g. `postgres`) and read the unscrubbed production rows of the build while the restore runs,
+and of a build left behind by a killed restore for as long as it stays there."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+from psycopg import sql
+
+from snapdb import names
+
+from tests.conftest import pause_env, pg, popen_cli, run_cli, wait_for  # noqa: F401
+
+TAG = "r9bown"
+ROWS = """CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO customers SELECT i, 'c' || i || '@prod.example.com' FROM generate_series(1, 50) i;"""
+SCRUB = '''
+[services.dev.scrub]
+columns = { "public.customers.email" = "'user' || id || '@example.invalid'" }
+checks = ["SELECT 1 FROM customers WHERE email NOT LIKE '%@example.invalid'"]
+'''
+
+
+def _setup(pg, tmp_path, suffix: str) -> tuple[tuple[str, ...], str, str]:
+    src, dev, app = f"{TAG}{suffix}_src", f"{TAG}{suffix}_dev", f"{TAG}_app"
+    with pg.connect() as conn:
+        for db in (src, dev, names.tmp_name(dev)):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (app,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(app)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(src), sql.Identifier(app)))
+    with pg.connect(src) as conn:  # the application owns its tables, as usual
+        conn.execute(sql.SQL("SET ROLE {}; ").format(sql.Identifier(app)).as_string(conn) + ROWS)
+    cfg = tmp_path / "snapdb.toml"
+    cfg.write_text(f'''[store]
+url = "{tmp_path / 'store'}"
+
+[services.src]
+url = "{pg.url(src)}"
+role = "production"
+
+[services.dev]
+url = "{pg.url(dev)}"
+role = "dev"
+''' + SCRUB)
+    c = ("--config", str(cfg))
+    r = run_cli(*c, "snapshot", "src")
+    assert r.returncode == 0, r.stderr
+    return c, dev, app
+
+
+def _owner_reads(pg, build: str, app: str) -> int | str:
+    """What the build's owner reads after granting itself CONNECT again (from `postgres`)."""
+    try:
+        with psycopg.connect(pg.url("postgres", user=app), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(build), sql.Identifier(app)))
+        with psycopg.connect(pg.url(build, user=app), connect_timeout=10) as conn:
+            conn.execute("SET lock_timeout = '5s'")
+            return conn.execute("SELECT count(*) FROM customers WHERE email LIKE '%@prod.example.com'").fetchone()[0]
+    except psycopg.Error as exc:
+        return str(exc).strip()
+
+
+def test_build_owner_cannot_grant_itself_into_the_build_during_a_scrubbed_restore(pg, tmp_path):
+    c, dev, app = _setup(pg, tmp_path, "a")
+    d, env = pause_env(tmp_path, "restore:scrubbed")
+    proc = popen_cli(*c, "restore", "--into", "dev", "--from", "src", env=env)
+    try:
+        wait_for(d / "restore:scrubbed.reached", proc)
+        seen = _owner_reads(pg, names.tmp_name(dev), app)
+    finally:
+        (d / "restore:scrubbed.go").touch()
+        proc.communicate(timeout=300)
+    assert not isinstance(seen, int), \
+        f"the build's owner {app} granted itself CONNECT and read {seen} production e-mails before the seal"
+
+
+def test_build_left_by_a_killed_restore_is_not_readable_by_its_owner(pg, tmp_path):
+    """SIGKILL after the load: the half-made build stays (unscrubbed) until a later restore of the
+    same target drops it; its owner must not be able to read it meanwhile."""
+    c, dev, app = _setup(pg, tmp_path, "b")
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", env={"SNAPDB_KILL_AT": "restore:loaded"})
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    seen = _owner_reads(pg, names.tmp_name(dev), app)
+    assert not isinstance(seen, int), \
+        f"the build left by a killed restore let its owner {app} read {seen} production e-mails"

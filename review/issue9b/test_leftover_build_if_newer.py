@@ -1,0 +1,32 @@
+"""docs/cron.md: "a killed process leaves service0-dev untouched (and the next run drops the
+half-built copy)". With the documented cron line (`restore --if-newer`) the next run does not:
+when the target already holds the snapshot (a manual re-run of the same restore was killed, e.g.
+by the OOM killer or a reboot), `--if-newer` skips before anything else, and the killed run's
+build -- the snapshot's production rows, unscrubbed, since the scrub never committed -- stays on
+the dev server night after night, and `snapdb status` does not mention it."""
+from __future__ import annotations
+
+import json
+
+from snapdb import names
+
+from tests.conftest import databases, pg, run_cli  # noqa: F401
+from review.issue9b.test_build_owner_regrant import _setup
+
+
+def test_if_newer_run_after_a_killed_restore_drops_the_unscrubbed_build(pg, tmp_path):
+    c, dev, _app = _setup(pg, tmp_path, "c")
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src")
+    assert r.returncode == 0, r.stderr
+    # the same restore run again by hand, killed after the load (before the scrub commits)
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", env={"SNAPDB_KILL_AT": "restore:loaded"})
+    assert r.returncode == -9
+    assert names.tmp_name(dev) in databases(pg)
+    with pg.connect(names.tmp_name(dev)) as conn:
+        assert conn.execute("SELECT count(*) FROM customers WHERE email LIKE '%@prod.example.com'").fetchone()[0] == 50
+    # the nightly cron line
+    r = run_cli(*c, "--json", "restore", "--into", "dev", "--from", "src", "--if-newer")
+    assert r.returncode == 0 and json.loads(r.stdout)["outcome"] == "skipped", r.stderr
+    st = run_cli(*c, "--json", "status", "dev")
+    assert names.tmp_name(dev) not in databases(pg) or names.tmp_name(dev) in st.stdout, \
+        "an unscrubbed build left by a killed restore stays after the next (--if-newer) run, and status does not say so"
