@@ -1,0 +1,63 @@
+"""Per-file fsync (commit 5a0deaf) replaced the syncfs before the manifest, but no new directory's
+entry is ever made durable: the store fsyncs a file and the directory that holds it, never the
+parent of a directory it has just created. `snapshots/<id>/` is created by the snapshot's first
+file (its lease); its entry in `snapshots/` is never fsynced, so after a power failure the whole
+snapshot (manifest included) may be gone although `snapdb snapshot` reported it taken and
+`--prune` may already have deleted the snapshots it replaced. syncfs covered these entries.
+
+The test traces the fsync calls of a real `snapdb snapshot` (the worker processes are forked, so
+they inherit the trace) and requires the directory holding the new snapshot's directory to have
+been fsynced (or the filesystem synced) before the manifest was published.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import create_db, pg  # noqa: F401
+
+TRACE = textwrap.dedent("""
+    import os, sys
+    log = sys.argv.pop(1)
+    def note(text):
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, (text + "\\n").encode()); os.close(fd)
+    real_fsync = os.fsync
+    def fsync(fd):
+        note("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+    os.fsync = fsync
+    import snapdb.store.local as local
+    real_sync = local.LocalStore.sync
+    def sync(self):
+        note("syncfs"); return real_sync(self)
+    local.LocalStore.sync = sync
+    import snapdb.manifest as mf
+    real_write = mf.write_manifest
+    def write_manifest(store, m):
+        note("manifest"); return real_write(store, m)
+    mf.write_manifest = write_manifest
+    import snapdb.snapshot
+    snapdb.snapshot.mf.write_manifest = write_manifest
+    from snapdb.cli import main
+    sys.argv[0] = "snapdb"
+    main()
+""")
+
+
+def test_new_snapshot_directory_entry_is_made_durable_before_the_manifest(pg, tmp_path):
+    src = create_db(pg, "r10_fsync", "CREATE TABLE a (id int); INSERT INTO a VALUES (1);"
+                                      "CREATE TABLE b (id int); INSERT INTO b VALUES (2);")
+    store = tmp_path / "store"
+    (store / "snapshots").mkdir(parents=True, mode=0o700)  # an existing store
+    log = tmp_path / "fsync.log"
+    r = subprocess.run([sys.executable, "-c", TRACE, str(log), "snapshot", pg.url(src), "--store", str(store),
+                        "--jobs", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = log.read_text().splitlines()
+    assert "manifest" in lines, lines
+    before = lines[:lines.index("manifest")]
+    snapshots_dir = str((store / "snapshots").resolve())
+    assert "syncfs" in before or f"fsync {snapshots_dir}" in before, \
+        "the entry of the new snapshot directory in snapshots/ was never fsynced:\n" + "\n".join(lines)
