@@ -59,7 +59,7 @@ from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
 from .hold import TableHold
 from .postgres import (
     SNAPDB_SCHEMA, DatabaseProps, apply_database_props, connect, control_session, create_database, drop_database,
-    first_line, open_database_acl, own_acl, restrict_database_acl, set_sequences, system_identifier,
+    first_line, keep_session_alive, open_database_acl, own_acl, restrict_database_acl, set_sequences, system_identifier,
 )
 from .progress import NULL, Reporter
 from .store import Store
@@ -344,7 +344,7 @@ class Build:
             analyzer.start()
             diffs = verify_database(self.server, self.manifest, error_cls=TargetError, dbname=self.tmp, jobs=self.jobs,
                                     reporter=self.reporter, pool=self.pool, read_tables=self.verify == "full",
-                                    expected_oid=self.oid)
+                                    expected_oid=self.oid, held=True)
         finally:
             analyzer.join()
         self.pool.close()  # the workers' sessions must be gone before the rename
@@ -359,8 +359,10 @@ class Build:
             self.scrubbed = scrub.run(self.hold.conn, self.opts.scrub, build=self.tmp, target=self.target,
                                       service=self.opts.service)
             # the statistics ANALYZE took above (same transaction) sampled the rows before the scrub:
-            # most_common_vals and histogram_bounds would keep production values; take them again
-            self.hold.conn.execute("ANALYZE")
+            # most_common_vals and histogram_bounds would keep production values; take them again,
+            # of what the scrub wrote (a whole-database ANALYZE here would lock every table and index
+            # of the build in this one transaction: out of shared memory at tens of thousands)
+            _analyze_written(self.hold.conn)
             self._fingerprint = fingerprint.fingerprint(self.hold.conn)  # the seal compares with the scrubbed copy
             faults.checkpoint("restore:scrubbed")
         history.record_restore(self.server, self.tmp, self.target, self.manifest, conn=self.hold.conn)
@@ -504,6 +506,7 @@ def _analyze_alone_if_many(server: Endpoint, dbname: str) -> bool:
     ``max_prepared_transactions``)): tens of thousands of tables. Return whether it did; else
     ANALYZE runs in the hold's transaction beside the verification, as usual."""
     with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+        keep_session_alive(conn)  # no statement_timeout of the server's or the role's: the largest builds would fail
         rels, capacity = conn.execute(
             "SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'i', 'm', 't')), "
             "current_setting('max_locks_per_transaction')::bigint * (current_setting('max_connections')::bigint "
@@ -515,6 +518,19 @@ def _analyze_alone_if_many(server: Endpoint, dbname: str) -> bool:
         except psycopg.Error as exc:
             raise TargetError(f"ANALYZE of the build failed: {first_line(exc)}") from None
         return True
+
+
+def _analyze_written(conn: psycopg.Connection) -> None:
+    """ANALYZE, in `conn`'s transaction, every table that transaction has inserted into, updated
+    or deleted from (``pg_stat_xact_user_tables``) or rewritten, truncated or altered (its
+    ``pg_class`` row is this transaction's): after a scrub, the tables it changed."""
+    written = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_stat_xact_user_tables s ON s.relid = c.oid "
+        "WHERE c.relkind IN ('r', 'm', 'p') AND (s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0 "
+        "OR c.xmin::text::bigint = pg_catalog.txid_current() % 4294967296) ORDER BY 1, 2").fetchall()
+    for schema, name in written:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, name)))
 
 
 class _InThread:

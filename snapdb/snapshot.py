@@ -185,6 +185,7 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
                 dumper.join()
             if dump_err:
                 raise dump_err[0]
+            _exporter_alive(main)
             faults.checkpoint("snapshot:dumped")
             reporter.phase("compressing schema")
             with ZstdSink(store, mf.key(snap_id, mf.SCHEMA_FILE), mf.SCHEMA_FILE) as sink:
@@ -234,6 +235,19 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
     manifest.seconds = round(time.monotonic() - started, 3)
     mf.write_manifest(store, manifest)
     return manifest
+
+
+def _exporter_alive(main: psycopg.Connection) -> None:
+    """Raise `SourceError` unless the session that exported the snapshot is still in its
+    transaction: only then were its ACCESS SHARE locks held while every table was read (a
+    TRUNCATE or a rewrite is not MVCC-safe; on a hot standby, the replay of one ends that session)."""
+    try:
+        if main.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+            raise psycopg.OperationalError("its transaction ended")
+        main.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise SourceError(f"the session holding the snapshot's locks ended while the tables were copied ({first_line(exc)}); "
+                          "the copy may not be of one instant", hint="take the snapshot again") from None
 
 
 def _subscriptions(conn: psycopg.Connection) -> list[str]:
@@ -317,7 +331,7 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
     """Copy every table (large ones in parts, small ones packed) in the worker pool; return
     entries in table order."""
     reporter.phase("copying tables", total_bytes=sum(t.bytes for t in tables), total_items=len(tables))
-    session = Session(source, SourceError, encoding=encoding, snapshot=exported)
+    session = Session(source, SourceError, encoding=encoding, snapshot=exported, release_locks=True)  # main holds them
     files = plan_files(tables, jobs, version_num)
     refs = [TableRef(t.schema, t.name, t.columns) for t in tables]
     remaining = [0] * len(tables)

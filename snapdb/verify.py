@@ -73,6 +73,7 @@ def verify_database(
     analyze: bool = False,
     read_tables: bool = True,
     expected_oid: int | None = None,
+    held: bool = False,
 ) -> list[Mismatch]:
     """Compare database `dbname` (default: `ep`'s) with `manifest`; return the differences.
 
@@ -83,7 +84,9 @@ def verify_database(
     Tables loaded through a partition root (`TableEntry.load_via`) are compared as one group per
     root; tables the snapshot skipped (`Manifest.skipped`) only need to exist. With
     `expected_oid`, the database must be the one with that OID (a restore verifies its own build,
-    not a database that took its name).
+    not a database that took its name). `held`: the caller's session locks every table against
+    writes and rewrites throughout (a restore's hold), so the workers may release their own
+    locks after each batch (`workers.Session.release_locks`).
     """
     encoding = manifest.database.encoding
     out: list[Mismatch] = []
@@ -107,7 +110,7 @@ def verify_database(
             raise error_cls(f"reading the database catalog failed: {first_line(exc)}") from None
         if expected_oid is not None and oid != expected_oid:
             return [Mismatch("database", dbname or ep.dbname, f"OID {expected_oid} (this run's build)", f"OID {oid}")]
-        session = Session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=exported)
+        session = Session(ep, error_cls, dbname=dbname, encoding=encoding, snapshot=exported, release_locks=held)
         try:
             todo = manifest.tables if read_tables else []
             out += _compare_tables(pool, session, todo, live, jobs, version, reporter, analyze, manifest.checksum)

@@ -55,9 +55,13 @@ class Session:
     encoding: str | None = None
     snapshot: str | None = None
     readonly: bool = True
+    #: another session holds a lock on every table against rewrites for as long as the snapshot
+    #: is read (a snapshot's exporter, a restore's hold): workers may end their transaction
+    #: after each batch, releasing their own locks (`_end_reads`)
+    release_locks: bool = False
 
     def key(self) -> tuple:
-        return (self.endpoint.conninfo(self.dbname), self.encoding, self.snapshot, self.readonly)
+        return (self.endpoint.conninfo(self.dbname), self.encoding, self.snapshot, self.readonly, self.release_locks)
 
 
 def _init(progress, stop) -> None:
@@ -203,16 +207,18 @@ def _end_reads() -> None:
     """End the transaction of every session reading an exported snapshot and begin the next one
     in the same snapshot: the ACCESS SHARE locks its COPYs took are released, so reading tens of
     thousands of tables does not need one lock per table in each worker (the exporting session
-    holds its own locks on every table, and a table already read needs none)."""
+    holds its own locks on every table, and a table already read needs none). Only for sessions
+    marked `Session.release_locks`: without such a lock elsewhere, a rewrite (VACUUM FULL,
+    CLUSTER) between two page-range parts of one table would move its rows."""
     for key, conn in list(_sessions.items()):
-        snapshot = key[2]
-        if snapshot is None or conn.closed or conn.broken:
+        snapshot, release = key[2], key[4]
+        if snapshot is None or not release or conn.closed or conn.broken:
             continue
         try:
             conn.rollback()
             conn.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(snapshot)))
         except psycopg.Error:
-            conn.close()  # the next task opens a new session (and reports its error, if any)
+            conn.close()  # the next task opens a new session and reports its error; the pipeline checks the exporter at the end
 
 
 # -- the pool ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 
-from tests.conftest import create_db, pause_env, pg, popen_cli  # noqa: F401
+from .conftest import create_db, pause_env, popen_cli
 
 
 def _wait(pred, what, proc, timeout=60):

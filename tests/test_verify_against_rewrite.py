@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.conftest import create_db, pg, popen_cli, run_cli  # noqa: F401
+from .conftest import create_db, popen_cli, run_cli
 
 
 def test_verify_against_a_database_rewritten_between_parts(pg, tmp_path):

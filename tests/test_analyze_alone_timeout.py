@@ -10,7 +10,7 @@ The build's ANALYZE is made slow (and the test deterministic) by one expression 
 function takes a millisecond per row: ANALYZE evaluates it on every sampled row."""
 from __future__ import annotations
 
-from tests.conftest import create_db, default_major, pg, run_cli, start_cluster  # noqa: F401
+from .conftest import create_db, default_major, run_cli, start_cluster
 
 
 def test_analyze_alone_is_not_cut_short_by_a_statement_timeout(pg, tmp_path):

@@ -5,7 +5,7 @@ and index of the build again: "out of shared memory" -- exactly the failure that
 only for the dev copies that are scrubbed (the ones that matter most for issue 9)."""
 from __future__ import annotations
 
-from tests.conftest import create_db, default_major, pg, run_cli, start_cluster  # noqa: F401
+from .conftest import create_db, default_major, run_cli, start_cluster
 
 
 def test_scrubbed_restore_of_many_indexed_tables_within_a_small_lock_table(pg, tmp_path):
