@@ -283,17 +283,19 @@ def main(argv=None) -> int:
         cluster.start()
         m = Matrix(args, cluster, work)
         B.log(f"cluster on port {cluster.port}, work directory {work}")
+        machine = machine_info(cluster, m.zstd)
+        cmdline = shlex.join(["bench/matrix.py", *(sys.argv[1:] if argv is None else argv)])
         for shape in args.shapes:
             db = m.build(shape)
             results.append({"shape": shape, **m.measure(db)})
             if shape == "random" and args.jobs_sweep:
                 sweep = m.sweep(db, args.jobs_sweep)
             m.q(f'DROP DATABASE "{db}"')
-        machine = machine_info(cluster, m.zstd)
+            Path(args.out).write_text(render(results, sweep, args, machine, cmdline, started, m.problems))  # so far
+
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-    cmdline = shlex.join(["bench/matrix.py", *(sys.argv[1:] if argv is None else argv)])
     text = render(results, sweep, args, machine, cmdline, started, m.problems)
     print(text)
     Path(args.out).write_text(text)
