@@ -357,6 +357,9 @@ def _retention(table: dict, where: str) -> dict[str, int]:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
             raise ConfigError(f"{where}: {k} must be a whole number, 0 or more, not {v!r}")
         out[k] = v
+    if not any(out.values()):  # every rule off keeps only each source's newest: what an empty table would do
+        raise ConfigError(f"{where}: the rules are all 0, which would delete every snapshot but each source's newest",
+                          hint="set at least one of them above 0, e.g. last = 7")
     return out
 
 

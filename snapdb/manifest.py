@@ -152,7 +152,7 @@ class Manifest:
                 hint="a newer snapdb wrote it: restore it with that version or newer")
         try:
             return cls(
-                id=data["id"], source=data["source"], created_at=data["created_at"],
+                id=data["id"], source=data["source"], created_at=_created_at(data["created_at"]),
                 label=data.get("label"), server=data["server"],
                 pg_dump_version=data["pg_dump_version"],
                 database=DatabaseProps(**data["database"]),
@@ -172,6 +172,19 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"malformed manifest: {exc}") from None
+
+
+def _created_at(value) -> str:
+    """`value` if it is an ISO 8601 time with a zone: prune, status and the listings compare it
+    with aware times, so anything else makes the manifest unreadable (`IntegrityError`)."""
+    try:
+        t = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        t = None
+    if t is None or t.utcoffset() is None:
+        raise IntegrityError(f"malformed manifest: created_at {value!r} is not an ISO 8601 time with a zone "
+                             f"(e.g. 2026-11-04T02:00:00+00:00)")
+    return value
 
 
 def write_manifest(store: Store, manifest: Manifest) -> None:

@@ -376,6 +376,34 @@ def setting_clause(item: str) -> sql.Composable:
     return sql.SQL("SET {} = {}").format(sql.Identifier(name), values)
 
 
+def setting_problems(conn: psycopg.Connection, items: list[str]) -> list[tuple[str, psycopg.Error]]:
+    """Which ``name=value`` entries (as in pg_db_role_setting) `conn`'s role could not store with
+    ``ALTER DATABASE … SET`` or ``ALTER ROLE … IN DATABASE … SET``, each with the server's error;
+    nothing is stored.
+
+    Both statements check an entry alike, with the current role's rights: the name (a placeholder
+    such as ``app.x`` needs a superuser or, on 15+, SET privilege on it), whether the parameter can
+    be set per database at all (PGC_POSTMASTER, PGC_SIGHUP, PGC_BACKEND and internal ones cannot),
+    SET privilege on a PGC_SUSET one, and the value, leniently for values naming objects (a
+    tablespace, a text search configuration the build will have). So does the same statement for
+    the current role's own entry in `conn`'s database, which needs no right of its own: it runs here
+    for each entry, in a transaction that is rolled back. (``set_config`` would be no test: it
+    checks a session value, accepting any placeholder and refusing objects `conn`'s database
+    lacks.) Runs on an autocommit connection."""
+    db = sql.Identifier(conn.execute("SELECT pg_catalog.current_database()").fetchone()[0])
+    out = []
+    with conn.transaction(force_rollback=True):
+        for item in dict.fromkeys(items):
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} ").format(db) + setting_clause(item))
+            except psycopg.Error as exc:
+                if exc.sqlstate is None or conn.broken:  # the session failed, not the entry
+                    raise
+                out.append((item, exc))
+    return out
+
+
 def apply_database_props(conn: psycopg.Connection, dbname: str, props: DatabaseProps) -> None:
     """Re-apply owner, comment, connection limit, grants and settings onto `dbname`.
 

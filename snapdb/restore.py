@@ -10,7 +10,8 @@ only by the swap:
    lock of the target's name (`locks`), read what the target carries (`swap.inspect`) and refuse
    what a rename would break; check, before anything exists, every right the run will need
    (ownership of the target, CREATEDB, ending other roles' sessions, dropping slots, detaching
-   subscriptions) and every role the snapshot needs (`roles`, after the role map); pick the
+   subscriptions), every role the snapshot needs (`roles`, after the role map) and every
+   database-level setting the build will get (`postgres.setting_problems`); pick the
    pg_restore for this server. Detach any subscription still enabled in an earlier copy set
    aside (a run killed after its swap could leave one consuming).
 2. `make_room`: drop previous copies beyond `keep_previous` (surplus the policy drops whatever
@@ -55,11 +56,12 @@ from psycopg import sql
 from . import faults, fingerprint, history, locks, manifest as mf, names, pgtools, pipes, roles, scrub, swap
 from .compression import open_zstd
 from .config import Endpoint, ScrubConfig
-from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
+from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, TargetError
 from .hold import TableHold
 from .postgres import (
     SNAPDB_SCHEMA, DatabaseProps, apply_database_props, connect, control_session, create_database, drop_database,
-    first_line, keep_session_alive, open_database_acl, own_acl, restrict_database_acl, set_sequences, system_identifier,
+    first_line, keep_session_alive, open_database_acl, own_acl, restrict_database_acl, set_sequences, setting_problems,
+    system_identifier,
 )
 from .progress import NULL, Reporter
 from .store import Store
@@ -559,6 +561,9 @@ class _InThread:
 
 
 def _privilege_hint(exc: psycopg.Error) -> str:
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "to set parameter" in str(exc):
+        return ("the restoring role needs SET privilege on it (GRANT SET ON PARAMETER name TO role, PostgreSQL "
+                "15+) or to be a superuser. The target is unchanged")
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return ("the restoring role needs CREATEDB, membership in the roles that own objects (or --no-owner), and "
                 "ownership of the target; see docs/quickstart.md (least privilege). The target is unchanged")
@@ -665,16 +670,59 @@ def _check_roles(maint: psycopg.Connection, archive: Path, props: DatabaseProps,
         if scrubbed:
             problems.append("the scrub settings must outrank these roles' own settings of the same name: "
                             + ", ".join(scrubbed))
+    hints = ["create the roles there, map them in snapdb.toml ([services.NAME.roles] app = \"app_dev\"), "
+             "GRANT the owner roles to the restoring role, or restore with --no-owner / --no-privileges"] if problems else []
+    denied, rejected = _check_settings(maint, props, opts)
+    if denied:
+        problems.append(f"role {tr.current} may not set parameter(s) {', '.join(denied)}, which the build's "
+                        "database settings need")
+        def q(name: str) -> str:  # as the server quotes identifiers: only when needed
+            return maint.execute("SELECT pg_catalog.quote_ident(%s)", (name,)).fetchone()[0]
+        grant = ", ".join(".".join(q(p) for p in d.split(".")) for d in denied)
+        hints.append(f"as a superuser: GRANT SET ON PARAMETER {grant} TO {q(tr.current)}"
+                     if maint.info.server_version >= 150000 else "before PostgreSQL 15 only a superuser may set them")
+    if rejected:
+        problems.append("the server does not take setting(s) " + ", ".join(text for text, _ in rejected))
+        if any(ours for _, ours in rejected):
+            hints.append(f"fix the settings of [services.{opts.service or 'NAME'}.scrub]")
+        if not all(ours for _, ours in rejected):
+            hints.append("a setting of the source database (ALTER DATABASE … SET, ALTER ROLE … IN DATABASE … SET) "
+                         "that this server does not take must go at the source, or the restore onto another server")
+    if len(problems) == 1 and rejected and all(ours for _, ours in rejected):  # all in snapdb.toml: exit 3
+        raise ConfigError(f"[services.{opts.service or 'NAME'}.scrub] settings: the target server does not take "
+                          + ", ".join(text for text, _ in rejected), hint="fix them; nothing was changed")
     if problems:
-        raise TargetError(
-            "the target server is not ready for this snapshot: " + "; ".join(problems),
-            hint="create the roles there, map them in snapdb.toml ([services.NAME.roles] app = \"app_dev\"), "
-                 "GRANT the owner roles to the restoring role, or restore with --no-owner / --no-privileges; "
-                 "nothing was changed",
-        )
+        raise TargetError("the target server is not ready for this snapshot: " + "; ".join(problems),
+                          hint="; ".join(hints) + "; nothing was changed")
     if opts.no_owner or not props.owner:
         return None
     return opts.role_map.get(props.owner, props.owner)
+
+
+def _check_settings(maint: psycopg.Connection, props: DatabaseProps,
+                    opts: RestoreOptions) -> tuple[list[str], list[tuple[str, bool]]]:
+    """Check every database-level and role-in-database setting the build will get (the
+    snapshot's `props`, after the role map, with the scrub's, as `build` applies them) with the
+    server (`postgres.setting_problems`), before anything exists. Returns the parameters the
+    restoring role may not set (sorted, in lower case) and the entries the server refuses
+    otherwise (invalid value or name, not settable per database), each as
+    ("name = 'value' (where: why)", whether it is the scrub's own)."""
+    final = _mapped_props(props, opts, None)
+    ours: set[str] = set()
+    if opts.scrub is not None and opts.scrub.settings:
+        final = scrub.with_settings(final, opts.scrub.settings, scrub.server_role_settings(maint))
+        ours = {f"{k}={v}" for k, v in opts.scrub.settings.items()}
+    items = list(final.settings) + [i for r in sorted(final.role_settings) for i in final.role_settings[r]]
+    denied: set[str] = set()
+    rejected = []
+    for item, exc in setting_problems(maint, items):
+        name, _, value = item.partition("=")
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            denied.add(name.lower())
+        else:
+            rejected.append((f"{name} = {value!r} ({'scrub' if item in ours else 'snapshot'}: {first_line(exc)})",
+                             item in ours))
+    return sorted(denied), rejected
 
 
 def _mapped_props(props: DatabaseProps, opts: RestoreOptions, owner: str | None) -> DatabaseProps:

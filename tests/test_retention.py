@@ -308,12 +308,29 @@ def test_snapshot_prune_after_a_successful_snapshot(pg, dbname, tmp_path):
     ("[store.retention]\nlast = -1\n", "0 or more"),
     ("[store.retention]\ndaily = true\n", "whole number"),
     ("[store.retention]\nhourly = 3\n", "unknown key 'hourly'"),
+    ("[store.retention]\nlast = 0\n", "all 0"),
+    ("[store.retention]\nlast = 0\ndaily = 0\nweekly = 0\nmonthly = 0\n", "all 0"),
 ])
 def test_bad_retention_config_is_refused(tmp_path, body, message):
     cfg = tmp_path / "snapdb.toml"
     cfg.write_text(f'[store]\nurl = "{tmp_path}"\n\n{body}')
     with pytest.raises(ConfigError, match=message):
         load_config(cfg)
+
+
+def test_retention_with_every_rule_off_is_refused(tmp_path):
+    """Every rule 0 would keep only each source's newest snapshot: refused like an empty table
+    (review/issue9b finding 5), and prune deletes nothing."""
+    t = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    st = open_store(str(tmp_path / "store"))
+    for n in range(5):
+        fake_snapshot(st, _id(t + timedelta(days=n), n + 1), t + timedelta(days=n), "prod")
+    cfg = tmp_path / "snapdb.toml"
+    cfg.write_text(f'[store]\nurl = "{tmp_path / "store"}"\n[store.retention]\nlast = 0\ndaily = 0\n')
+    r = run_cli("--config", str(cfg), "prune")
+    left = [k for k in st.list("snapshots/") if k.endswith("manifest.json")]
+    assert r.returncode == 3 and len(left) == 5, (r.returncode, r.stderr, f"{len(left)} of 5 snapshots left")
+    assert "all 0" in r.stderr and r.stderr.count("\n") <= 2, r.stderr
 
 
 def test_killed_multipart_upload_is_aborted_once_its_writer_is_gone(s3):
