@@ -1,4 +1,5 @@
-"""docs/cron.md: "a killed process leaves service0-dev untouched (and the next run drops the
+"""A killed restore's unscrubbed build must not outlive the next `--if-newer` run (review/issue9b
+finding 2). docs/cron.md: "a killed process leaves service0-dev untouched (and the next run drops the
 half-built copy)". With the documented cron line (`restore --if-newer`) the next run does not:
 when the target already holds the snapshot (a manual re-run of the same restore was killed, e.g.
 by the OOM killer or a reboot), `--if-newer` skips before anything else, and the killed run's
@@ -10,8 +11,8 @@ import json
 
 from snapdb import names
 
-from tests.conftest import databases, pg, run_cli  # noqa: F401
-from review.issue9b.test_build_owner_regrant import _setup
+from .conftest import databases, run_cli
+from .test_scrub_owner import _setup
 
 
 def test_if_newer_run_after_a_killed_restore_drops_the_unscrubbed_build(pg, tmp_path):

@@ -1,23 +1,22 @@
-"""The build's ACL narrowing (review/issue9 item 2's fix) does not keep the build's OWNER out.
+"""The build's owner cannot grant itself back into an unscrubbed build (review/issue9b finding 1).
+
+The build's ACL narrowing (review/issue9 item 2's fix) alone did not keep the build's OWNER out.
 
 `restrict_database_acl` revokes PUBLIC's and the owner's privileges on the build, but the build is
 created OWNER <the source's owner> (often the application's LOGIN role, whose password sits in
 the dev application's configuration). PostgreSQL treats an object's owner as holding every
 grant option: the owner may simply grant CONNECT back to itself (from any database it can reach,
 e.g. `postgres`) and read the unscrubbed production rows of the build while the restore runs,
-and of a build left behind by a killed restore for as long as it stays there."""
+and of a build left behind by a killed restore for as long as it stays there. The build is now
+owned by the restoring role until the seal, which gives it its owner once the scrub committed."""
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import psycopg
 from psycopg import sql
 
 from snapdb import names
 
-from tests.conftest import pause_env, pg, popen_cli, run_cli, wait_for  # noqa: F401
+from .conftest import pause_env, popen_cli, run_cli, wait_for
 
 TAG = "r9bown"
 ROWS = """CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL);
