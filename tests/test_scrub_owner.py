@@ -91,3 +91,84 @@ def test_build_left_by_a_killed_restore_is_not_readable_by_its_owner(pg, tmp_pat
     seen = _owner_reads(pg, names.tmp_name(dev), app)
     assert not isinstance(seen, int), \
         f"the build left by a killed restore let its owner {app} read {seen} production e-mails"
+
+
+def test_a_kill_at_the_seal_before_the_scrub_commits_leaves_the_build_to_snapdb_alone(pg, tmp_path):
+    """`seal` closes the build and ends its sessions, then commits the hold (the scrub) and only
+    after that gives the build its owner and privileges: killed in between, the unscrubbed build
+    is still owned by, and open to, the restoring role alone."""
+    c, dev, app = _setup(pg, tmp_path, "d")
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src", env={"SNAPDB_KILL_AT": "restore:sealing"})
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    build = names.tmp_name(dev)
+    with pg.connect() as conn:
+        owner, me, app_connect = conn.execute(
+            "SELECT pg_get_userbyid(datdba), current_user, has_database_privilege(%s, datname, 'CONNECT') "
+            "FROM pg_database WHERE datname = %s", (app, build)).fetchone()
+    assert (owner, app_connect) == (me, False), (owner, me, app_connect)
+    seen = _owner_reads(pg, build, app)
+    assert not isinstance(seen, int), f"{app} read {seen} production e-mails in the build left at the seal"
+
+
+def test_scrubbed_copy_ends_owned_by_its_owner_with_the_default_privileges(pg, tmp_path):
+    """The end result is as before: the copy belongs to the source's owner (who may connect and
+    owns schema public through pg_database_owner) and reads only scrubbed rows."""
+    c, dev, app = _setup(pg, tmp_path, "e")
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src")
+    assert r.returncode == 0, r.stderr
+    with pg.connect() as conn:
+        owner, acl = conn.execute("SELECT pg_get_userbyid(datdba), datacl FROM pg_database WHERE datname = %s",
+                                  (dev,)).fetchone()
+    assert (owner, acl) == (app, None)
+    with psycopg.connect(pg.url(dev, user=app), connect_timeout=10) as conn:
+        assert conn.execute("SELECT count(*) FROM customers WHERE email LIKE '%@example.invalid'").fetchone()[0] == 50
+        assert conn.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+                            ).fetchone()[0] == "pg_database_owner"
+        conn.execute("CREATE TABLE public.made_by_owner (id int)")
+
+
+def _public_acl(pg, db: str) -> list:
+    with pg.connect(db) as conn:
+        return conn.execute("SELECT pg_get_userbyid(nspowner), array_agg(a::text ORDER BY a::text) "
+                            "FROM pg_namespace, unnest(nspacl) a WHERE nspname = 'public' GROUP BY 1").fetchall()
+
+
+def test_least_privilege_restore_into_a_build_of_its_own_keeps_schema_public_as_the_source_has_it(pg, tmp_path):
+    """A restoring role that is no superuser owns the build until the seal, so the owner-to-be
+    lacks pg_database_owner's CREATE on schema public, which pg_restore's ``ALTER TABLE public.x
+    OWNER TO app`` needs: it is lent for the restore and taken back, and public's privileges end
+    as the source's (here an explicit CREATE for the owner too, which the lending must not eat)."""
+    tag = "r9bol"
+    src, dev = f"{tag}_src", f"{tag}_src-dev"
+    with pg.connect() as conn:
+        for db in (src, dev, names.tmp_name(dev)):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+    pg.psql(f"DROP ROLE IF EXISTS {tag}_app; DROP ROLE IF EXISTS {tag}_snap; DROP ROLE IF EXISTS {tag}_reader")
+    pg.psql(f"CREATE ROLE {tag}_app LOGIN; CREATE ROLE {tag}_snap LOGIN CREATEDB; GRANT {tag}_app TO {tag}_snap; "
+            f"GRANT pg_signal_backend TO {tag}_snap; CREATE ROLE {tag}_reader")
+    pg.psql(f"CREATE DATABASE {src} OWNER {tag}_app")
+    with pg.connect(src) as conn:
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {tag}_app; GRANT USAGE ON SCHEMA public TO {tag}_reader; "
+                     f"REVOKE USAGE ON SCHEMA public FROM PUBLIC; SET ROLE {tag}_app; " + ROWS)
+    cfg = tmp_path / "snapdb.toml"
+    cfg.write_text(f'''[store]
+url = "{tmp_path / 'store'}"
+
+[services.src]
+url = "{pg.url(src, user=f'{tag}_snap')}"
+role = "production"
+
+[services.dev]
+url = "{pg.url(dev, user=f'{tag}_snap')}"
+role = "dev"
+''' + SCRUB)
+    c = ("--config", str(cfg))
+    assert run_cli(*c, "snapshot", "src").returncode == 0
+    r = run_cli(*c, "restore", "--into", "dev", "--from", "src")
+    assert r.returncode == 0, r.stderr
+    assert _public_acl(pg, dev) == _public_acl(pg, src)
+    with pg.connect(dev) as conn:
+        assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+                            ).fetchone()[0] == f"{tag}_app"
+        assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.customers'::regclass"
+                            ).fetchone()[0] == f"{tag}_app"
