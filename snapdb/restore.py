@@ -19,9 +19,10 @@ only by the swap:
    itself CONNECT and allow connections again, so the real owner, often the application's login
    role, gets the build only at the seal) with the snapshot's encoding, locale and locale provider
    stated explicitly, remembering its OID, closed to connections until its privileges are
-   snapdb's own role's alone (no other role may read it until the seal); restore
-   the schema (`_lend_create`: what the owner-to-be would have had on ``public``), load every table part with COPY in `jobs` worker processes (through the
-   partition root where enum OIDs decide the partition), restore the post-data section. Then a
+   snapdb's own role's alone (no other role may read it until the seal); restore the schema
+   (`_lend_create`: what the owner-to-be would have had on ``public``), load every table part
+   with COPY in `jobs` worker processes (through the partition root where enum OIDs decide the
+   partition), restore the post-data section. Then a
    `hold.TableHold` in SHARE mode keeps every other session from writing to the build while it
    is verified (by OID) against the manifest (ANALYZE runs in the hold's transaction meanwhile);
    a non-production target's scrub rules run in the hold's transaction (`scrub`: after the
