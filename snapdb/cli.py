@@ -684,6 +684,11 @@ def _status_lines(res) -> None:
                        f"is set aside as {rb['release_set_aside_as']}")
         for d in e.get("set_aside") or []:
             typer.echo(f"  set aside: {d['name']} ({_human_size(d['bytes'])})")
+        lb = e.get("leftover_build")
+        if lb:
+            size = f" ({_human_size(lb['bytes'])})" if lb.get("bytes") is not None else ""
+            typer.echo(f"  temporary build: {lb['name']}{size}, " + (f"being made by {lb['busy']}" if lb.get("busy")
+                       else "left by an interrupted restore (the next restore drops it)"))
         if e.get("error"):
             typer.echo(f"  unreachable: {e['error']}")
 

@@ -247,7 +247,7 @@ def restore(
     """Restore a snapshot into a temporary database, verify it, and swap it in as INTO.
 
     With `if_newer`, do nothing (outcome ``skipped``) when INTO provably holds that snapshot, scrubbed
-    under its current scrub rules (`snapdb.ops.refresh`); the check only reads, and takes no lock.
+    under its current scrub rules (`snapdb.ops.refresh`), dropping a build an interrupted run left.
 
     Example: ``restore(cfg, into="service0-dev", from_="prod", if_newer=True)``
     """
@@ -270,13 +270,13 @@ def restore(
     _refuse_during_cutover(cfg, st, ep, dbname, f"restore into {dbname!r}")
     scrubbing, why = _scrub_rules(cfg, into, ep, dbname), None
     if if_newer:  # skipped only when it holds the snapshot, scrubbed under the rules it has now
-        from .ops.refresh import up_to_date
+        from .ops.refresh import drop_leftover_build, up_to_date
 
         skip, why = up_to_date(st, ep, dbname, maintenance_db(), m.id, scrubbing["scrub"], scrubbing["service"])
         if skip:
             return RestoreResult(snapshot_id=m.id, source=m.source, target=dbname, server=f"{ep.host}:{ep.port}",
                                  previous=None, tables=len(m.tables), rows=m.rows, verified=verify,
-                                 outcome="skipped", held=why)
+                                 outcome="skipped", held=why, warnings=drop_leftover_build(ep, dbname, maintenance_db()))
     role_map = cfg.services[into].role_map if into in cfg.services else (
         cfg.services[server].role_map if server in cfg.services else {})
     opts = RestoreOptions(no_owner=no_owner, no_privileges=no_privileges, role_map=dict(role_map),
@@ -769,7 +769,7 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
         st = None
     out = StatusResult()
     try:  # which snapshot each database provably holds (ops/refresh.py, as restore --if-newer)
-        from .ops.refresh import holdings
+        from .ops.refresh import holdings, leftover_build
 
         held = holdings(st, {n: cfg.services[n] for n in names_}, maintenance_db()) if st is not None else {}
     except SnapdbError:
@@ -777,7 +777,7 @@ def status(cfg: Config, service: str | None = None, *, store: str | None = None)
     for n in names_:
         svc = cfg.services[n]
         entry: dict = {"service": n, "role": svc.role, "database": svc.label(), "release": None, "revision": None,
-                       "newest_snapshot": None, "holds": held.get(n)}
+                       "newest_snapshot": None, "holds": held.get(n), "leftover_build": leftover_build(svc, maintenance_db())}
         try:
             with connect(svc, TargetError, autocommit=True) as conn:
                 rev = ",".join(alembic_revisions(conn) or []) or None

@@ -473,10 +473,14 @@ def restrict_database_acl(conn: psycopg.Connection, dbname: str, role: str) -> N
 
 
 def open_database_acl(conn: psycopg.Connection, dbname: str, props: DatabaseProps, restricted_to: str) -> None:
-    """Undo `restrict_database_acl(conn, dbname, restricted_to)`: give `dbname` the privileges
+    """Undo `restrict_database_acl(conn, dbname, restricted_to)`: give `dbname` its owner
+    `props.owner` (when set; a build is the restoring role's until then) and the privileges
     `props.acl`. The default privileges (None) become no ACL at all when the connected role is a
     superuser (only a catalog update can store that), else the same grants made explicitly, which
-    `read_database_props` reads back as the default. Runs in the caller's transaction."""
+    `read_database_props` reads back as the default. Runs in the caller's transaction: give a
+    database its owner only once nothing in it needs to stay hidden from that role."""
+    if props.owner:  # ALTER … OWNER rewrites the old owner's grants to the new one's; replaced below
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(dbname), sql.Identifier(props.owner)))
     owner = database_owner(conn, dbname)
     conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(dbname),
                                                                      sql.Identifier(restricted_to)))

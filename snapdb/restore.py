@@ -16,20 +16,25 @@ only by the swap:
    aside (a run killed after its swap could leave one consuming).
 2. `make_room`: drop previous copies beyond `keep_previous` (surplus the policy drops whatever
    happens; the copies it keeps stay until the swap has committed).
-3. `build`: ``CREATE DATABASE <tmp> OWNER <owner>`` with the snapshot's encoding, locale and
-   locale provider stated explicitly, remembering its OID, closed to connections until its
-   privileges are snapdb's own role's alone (no other role may read it until the seal); restore
-   the schema, load every table part with COPY in `jobs` worker processes (through the
-   partition root where enum OIDs decide the partition), restore the post-data section. Then a
+3. `build`: ``CREATE DATABASE <tmp>`` owned by the restoring role (an owner may always grant
+   itself CONNECT and allow connections again, so the real owner, often the application's login
+   role, gets the build only at the seal) with the snapshot's encoding, locale and locale provider
+   stated explicitly, remembering its OID, closed to connections until its privileges are
+   snapdb's own role's alone (no other role may read it until the seal); restore the schema
+   (`_lend_create`: what the owner-to-be would have had on ``public``), load every table part
+   with COPY in `jobs` worker processes (through the partition root where enum OIDs decide the
+   partition), restore the post-data section. Then a
    `hold.TableHold` in SHARE mode keeps every other session from writing to the build while it
    is verified (by OID) against the manifest (ANALYZE runs in the hold's transaction meanwhile);
    a non-production target's scrub rules run in the hold's transaction (`scrub`: after the
    verification, which proves what was restored; a failing check drops the build); a managed
-   database's ``restore`` row and the database-level properties but the privileges (with the
-   scrub's settings, also for the roles whose own settings would outrank them) are written.
-4. `seal`: end every other session on the build, give it its privileges (now that it is closed
-   and scrubbed), check its catalog fingerprint has not moved since verification, and commit the
-   hold: what is swapped in is what was verified.
+   database's ``restore`` row and the database-level properties but the owner and the
+   privileges (with the scrub's settings, also for the roles whose own settings would outrank
+   them) are written.
+4. `seal`: close the build to connections, end every other session on it, check its catalog
+   fingerprint has not moved since verification and commit the hold (what is swapped in is what
+   was verified; the scrub is committed); only then give it its owner and privileges
+   (`open_privileges`): a kill at any moment before leaves a build only snapdb's role can reach.
 5. `swap` (`swap.swap_in`), in one transaction: check again what the target carries, end the
    target's and the build's sessions, rename the target aside and the build into place, and prove
    by OID that the database now called target is this run's build.
@@ -60,8 +65,8 @@ from .errors import ConfigError, IntegrityError, RefusedError, SnapdbError, Targ
 from .hold import TableHold
 from .postgres import (
     SNAPDB_SCHEMA, DatabaseProps, apply_database_props, connect, control_session, create_database, drop_database,
-    first_line, keep_session_alive, open_database_acl, own_acl, restrict_database_acl, set_sequences, setting_problems,
-    system_identifier,
+    first_line, is_superuser, keep_session_alive, open_database_acl, own_acl, restrict_database_acl, set_sequences,
+    setting_problems, system_identifier,
 )
 from .progress import NULL, Reporter
 from .store import Store
@@ -321,22 +326,25 @@ class Build:
     # -- 3. build ---------------------------------------------------------------------------------
     def build(self, props: DatabaseProps | None = None) -> int:
         """Create, load and verify the build; apply `props` (default: the manifest's, mapped)
-        but their privileges: from its creation until `open_privileges` only snapdb's own role
-        (and superusers, whom no privilege stops) may connect to the build. Returns its OID."""
+        but their owner and privileges: from its creation until `open_privileges` the build is
+        the restoring role's, and only it (and superusers, whom no privilege stops) may connect
+        to it. Returns its OID."""
         assert self.maint is not None and self.pool is not None and self.archive is not None
         drop_database(self.maint, self.tmp)  # a build left by an interrupted run (we hold the lock)
-        # snapdb's alone until the seal: PUBLIC's default CONNECT (and the owner's: often the
-        # application's role) would let other roles read the rows before they are scrubbed. Created
-        # closed to every session, so none can be there when the privileges are narrowed
-        self.oid = create_database(self.maint, self.tmp, self.manifest.database, owner=self.owner,
-                                   allow_connections=False)
+        # snapdb's alone until the seal: PUBLIC's default CONNECT would let other roles read the
+        # rows before they are scrubbed, and so would owning it (an owner holds every grant option
+        # and may ALTER DATABASE … ALLOW_CONNECTIONS): the restoring role owns it until the seal.
+        # Created closed to every session, so none can be there when the privileges are narrowed
+        self.oid = create_database(self.maint, self.tmp, self.manifest.database, owner=None, allow_connections=False)
         self._me = self.maint.execute("SELECT current_user").fetchone()[0]
         with self.maint.transaction():
             restrict_database_acl(self.maint, self.tmp, self._me)
             self.maint.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(self.tmp)))
         faults.checkpoint("restore:created")
+        lent = _lend_create(self.server, self.tmp, self.owner)
         _build(self.pool, self.store, self.manifest, self.server, self.tmp, self.jobs, self.reporter, self.archive,
                self.tool, self.opts)
+        _return_create(self.server, self.tmp, self.owner, lent, self.archive, self.tool, self.opts)
         faults.checkpoint("restore:loaded")
         analyzed = _analyze_alone_if_many(self.server, self.tmp)
         self.hold = TableHold(self.server, self.tmp, "SHARE", TargetError, on_wait=self._end_build_sessions)
@@ -374,14 +382,14 @@ class Build:
             self.scrubbed["role_settings"] = scrub.role_overrides(props, self.opts.scrub.settings, server_roles)
             props = scrub.with_settings(props, self.opts.scrub.settings, server_roles)
         self.props = props
-        with self.maint.transaction():  # all but the privileges, which `open_privileges` gives
-            apply_database_props(self.maint, self.tmp, replace(props, acl=own_acl(self._me)))
+        with self.maint.transaction():  # all but the owner and the privileges: `open_privileges`
+            apply_database_props(self.maint, self.tmp, replace(props, owner="", acl=own_acl(self._me)))
         return self.oid
 
     def open_privileges(self) -> None:
-        """Give the build the database privileges of its `props` (the target's, after the role
-        map and the options) instead of snapdb's own-role-only ones; `seal` does, once the build
-        is closed to connections."""
+        """Give the build the owner and database privileges of its `props` (the target's, after
+        the role map and the options) instead of the restoring role's; `seal` does, once the
+        build is closed to connections and its scrub committed."""
         assert self.maint is not None and self.props is not None
         with self.maint.transaction():
             open_database_acl(self.maint, self.tmp, self.props, self._me)
@@ -412,26 +420,27 @@ class Build:
 
     # -- 4. seal ------------------------------------------------------------------------------------
     def seal(self) -> None:
-        """Close the build to new sessions (until the swap opens it), end the others, give it
-        its privileges (`open_privileges`: nobody can connect now, and the scrub is done), check
-        nothing moved since verification (when the hold is still there), commit the hold."""
+        """Close the build to new sessions (until the swap opens it), end the others, check
+        nothing moved since verification (when the hold is still there), commit the hold (and
+        with it the scrub), and only then give the build its owner and privileges
+        (`open_privileges`: nobody can connect now)."""
         assert self.maint is not None
         swap.close_build(self.maint, self.tmp)
         intruders = self._end_build_sessions()
+        faults.checkpoint("restore:sealing")
+        if self.hold is not None:
+            assert self._fingerprint is not None
+            now = fingerprint.fingerprint(self.hold.conn)
+            moved = fingerprint.diff(self._fingerprint, now, ignore_schemas=(SNAPDB_SCHEMA,))  # its history row is ours
+            if moved:
+                found = ", ".join(f"{u}/{a or '-'}" for _, u, a in intruders)
+                who = f" (sessions found on it: {found})" if intruders else ""
+                raise IntegrityError(f"the build {self.tmp!r} changed after it was verified: {moved[0]}{who}",
+                                     hint="something else writes to snapdb's build; the target is unchanged")
+            self.hold.commit()
+            self.hold.close()
+            self.hold = None
         self.open_privileges()
-        if self.hold is None:
-            return
-        assert self._fingerprint is not None
-        now = fingerprint.fingerprint(self.hold.conn)
-        moved = fingerprint.diff(self._fingerprint, now, ignore_schemas=(SNAPDB_SCHEMA,))  # its history row is ours
-        if moved:
-            found = ", ".join(f"{u}/{a or '-'}" for _, u, a in intruders)
-            who = f" (sessions found on it: {found})" if intruders else ""
-            raise IntegrityError(f"the build {self.tmp!r} changed after it was verified: {moved[0]}{who}",
-                                 hint="something else writes to snapdb's build; the target is unchanged")
-        self.hold.commit()
-        self.hold.close()
-        self.hold = None
 
     # -- 5. swap ----------------------------------------------------------------------------------------
     def swap(self, aside: str | None = None) -> str | None:
@@ -739,9 +748,10 @@ def _mapped_props(props: DatabaseProps, opts: RestoreOptions, owner: str | None)
 
 
 def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str], jobs: int, tool: str,
-                opts: RestoreOptions) -> None:
-    what = f"pg_restore ({'+'.join(sections)})"
-    flags = ["--no-tablespaces"] + _restore_flags(opts) + [f"--section={s}" for s in sections]
+                opts: RestoreOptions, entries: Path | None = None) -> None:
+    what = f"pg_restore ({'+'.join(sections) or 'privileges'})"
+    flags = ["--no-tablespaces"] + _restore_flags(opts) + [f"--section={s}" for s in sections] + \
+        (["-L", str(entries)] if entries else [])
     if opts.role_map:
         # role names rewritten on the way: pg_restore prints SQL, psql runs it in one transaction
         psql = str(Path(tool).with_name("psql"))
@@ -752,6 +762,42 @@ def _pg_restore(server: Endpoint, dbname: str, archive: Path, sections: list[str
         return
     argv = [tool, "--exit-on-error"] + flags + ([f"--jobs={jobs}"] if jobs > 1 else [])
     pgtools.run_tool(argv + pgtools.conninfo_arg(server.conninfo(dbname)) + [str(archive)], TargetError, what)
+
+
+def _lend_create(server: Endpoint, dbname: str, owner: str | None) -> list[str]:
+    """Lend CREATE on the build's schemas owned by pg_database_owner (``public``, 15+) to its
+    owner-to-be `owner` for the restore; return those schemas (`_return_create` takes it back).
+
+    pg_restore's ``ALTER TABLE … OWNER TO r`` needs r to have CREATE on the schema; on such a
+    schema the database's owner has it, and its members. The build is the restoring role's until
+    the seal, so a restoring role that is no superuser (superusers pass that check) lends it
+    meanwhile; harmless, since no privilege lets that role connect to the build."""
+    with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+        if not owner or is_superuser(conn) or owner == conn.execute("SELECT current_user").fetchone()[0]:
+            return []
+        lent = [r[0] for r in conn.execute("SELECT nspname FROM pg_catalog.pg_namespace "
+                                           "WHERE pg_catalog.pg_get_userbyid(nspowner) = 'pg_database_owner'")]
+        for schema in lent:
+            conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(owner)))
+    return lent
+
+
+def _return_create(server: Endpoint, dbname: str, owner: str | None, lent: list[str], archive: Path, tool: str,
+                   opts: RestoreOptions) -> None:
+    """Revoke what `_lend_create` lent, then apply those schemas' privileges from the archive
+    again (GRANT and REVOKE statements: applied twice they give what applying them once would)."""
+    if not lent:
+        return
+    with connect(server, TargetError, dbname=dbname, autocommit=True) as conn:
+        for schema in lent:
+            conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {} CASCADE").format(sql.Identifier(schema),
+                                                                                    sql.Identifier(owner)))
+    toc = list(pipes.lines_of([tool, "-l", str(archive)], TargetError, "listing the schema archive"))
+    acls = [line for line in toc if any(f" ACL - SCHEMA {s} " in line for s in lent)]
+    if acls and not opts.no_privileges:
+        path = archive.with_name("schema-acl.list")
+        path.write_text("".join(acls), encoding="utf-8", errors="surrogateescape")
+        _pg_restore(server, dbname, archive, [], 1, tool, opts, entries=path)  # (an ACL's section: none)
 
 
 def _build(pool: WorkerPool, store: Store, manifest: mf.Manifest, server: Endpoint, tmp: str, jobs: int,

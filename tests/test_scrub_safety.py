@@ -84,10 +84,11 @@ def test_build_of_a_scrubbed_restore_is_not_readable_by_others(pg, tmp_path, dbn
 
 
 def test_build_is_closed_from_its_creation_with_a_least_privilege_restoring_role(pg, tmp_path):
-    """The build is owned by the application's role (a LOGIN role here) and made by a restoring
-    role that is no superuser: right after CREATE DATABASE neither the owner nor PUBLIC may
-    connect; after the swap the copy has the source's default privileges again, as explicit
-    grants equal to the defaults (a non-superuser cannot store "no ACL"), which read as default."""
+    """The build is made by a restoring role that is no superuser and owned by it until the seal
+    (the application's role, a LOGIN role here, owns the source and gets the copy): right after
+    CREATE DATABASE neither the application's role nor PUBLIC may connect; after the swap the copy
+    has the source's owner and default privileges again, as explicit grants equal to the defaults
+    (a non-superuser cannot store "no ACL"), which read as default."""
     tag = "r9lp"
     with pg.connect() as conn:
         for db in (f"{tag}_src", f"{tag}_src-dev"):
@@ -120,7 +121,7 @@ def test_build_is_closed_from_its_creation_with_a_least_privilege_restoring_role
         (d / "restore:created.go").touch()
         out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert owner == f"{tag}_app" and refused == [True, True], (owner, refused)
+    assert owner == f"{tag}_snap" and refused == [True, True], (owner, refused)
     assert _acl(pg, dev) == (None, False)  # explicit grants, equal to the defaults
     assert _try_read(pg.url(dev, user=f"{tag}_app")) == 0
 

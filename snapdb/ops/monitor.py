@@ -11,7 +11,10 @@ which the caller passes in. Thresholds (``[services.X]``):
   record of it, whether the restore named X, its URL or its database with ``--server``) must be
   younger than this: last night's refresh happened.
 
-A service with a threshold that cannot be reached is a problem too. `evaluate` lists one line per
+A service with a threshold that cannot be reached is a problem too, and so is, threshold or not,
+a service with scrub rules whose temporary build an interrupted restore left (``status`` found it
+and no run holds the database's lock): it holds the snapshot's rows, unscrubbed when the run died
+before its scrub committed. `evaluate` lists one line per
 problem; `write_metrics` writes the Prometheus text exposition format (version 0.0.4, for
 node_exporter's textfile collector) to a temporary file beside the target, fsyncs it and
 renames it into place, so a scraper never reads half a file.
@@ -104,6 +107,10 @@ def evaluate(cfg: Config, store: Store, names: list[str], now: datetime, *, stat
                                     "snapshot_created_at": held, "seconds": rec.seconds,
                                     "age_seconds": round((now - ended).total_seconds(), 3)}
         out.services.append(info)
+        left = live.get(n, {}).get("leftover_build")
+        if left and not left.get("busy") and n in cfg.scrub:
+            out.problems.append(f"{n}: temporary build {left['name']} left by an interrupted restore (unscrubbed rows, "
+                                "perhaps); the next restore, --if-newer too, drops it")
         if not limits:
             continue
         if info["reachable"] is False:

@@ -18,8 +18,13 @@ rules existed (or changed) is restored again, although it holds the snapshot.
 
 Read access only: a session to the maintenance database (the target's OID, the server's system
 identifier when the role may read it), one to the target (its ``snapdb.history``) when the copy
-should carry a row, and catalog reads. No lock: the restore that may follow takes its own, and a
-skip changes nothing.
+should carry a row, and catalog reads. No lock: the restore that may follow takes its own.
+
+One thing a skip does change: a killed restore leaves its temporary build
+(``<target>__snapdb_new``: the snapshot's rows, unscrubbed when the kill came before the scrub
+committed), which the next restore that runs drops. A skipping run drops it too
+(`drop_leftover_build`), under the target's lock, and leaves it alone while another run holds
+that lock (it is that run's build). `leftover_build` shows one in ``snapdb status``.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from .. import history
+from .. import history, locks, names
 from ..config import Endpoint, ScrubConfig
-from ..errors import SnapdbError, TargetError
-from ..postgres import connect, first_line, system_identifier
+from ..errors import BusyError, SnapdbError, TargetError
+from ..postgres import connect, control_session, drop_database, first_line, system_identifier
 from ..store import Store
 
 
@@ -119,3 +124,45 @@ def holdings(store: Store, services: dict[str, Endpoint], maintenance_db: str) -
         out[name] = None if held.snapshot_id is None else {
             "snapshot": held.snapshot_id, "record": held.record_id, "restored_at": rec.ended_at if rec else None}
     return out
+
+
+def drop_leftover_build(server: Endpoint, dbname: str, maintenance_db: str) -> list[str]:
+    """Drop `dbname`'s temporary build left by an interrupted run, taking `dbname`'s lock first
+    (`restore --if-newer` skipped: no restore will drop it this time); return what to tell (no
+    build: nothing). While another run holds the lock the build is that run's: left alone."""
+    build, where = names.tmp_name(dbname), f"{dbname!r} on {server.host}:{server.port}"
+    try:
+        with control_session(server, TargetError, dbname=maintenance_db) as conn:
+            if conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (build,)).fetchone() is None:
+                return []
+            try:
+                locks.acquire(conn, dbname, "cleanup", where)
+            except BusyError as exc:
+                return [f"left the temporary build {build!r} alone: {exc.message}, whose build it is"]
+            drop_database(conn, build)  # as the next restore would (`restore.Build.build`)
+    except (SnapdbError, psycopg.Error) as exc:
+        why = exc.message if isinstance(exc, SnapdbError) else first_line(exc)
+        return [f"could not drop {build!r}, left by an interrupted restore ({why}); the next restore that runs "
+                "drops it"]
+    return [f"dropped {build!r}, the temporary build an interrupted restore left"]
+
+
+def leftover_build(ep: Endpoint, maintenance_db: str) -> dict | None:
+    """For `snapdb status`: the temporary build of `ep`'s database, if there is one, as
+    ``{"name", "bytes", "busy"}`` (`busy`: the run holding the database's lock, which is making
+    it; None: an interrupted run left it; `bytes` None when the role may not size it). None when
+    there is none or the server cannot be reached (status says so itself)."""
+    build = names.tmp_name(ep.dbname)
+    try:
+        with connect(ep.admin(), TargetError, dbname=maintenance_db, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT CASE WHEN pg_catalog.has_database_privilege(oid, 'CONNECT') OR "
+                "pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') THEN pg_catalog.pg_database_size(oid) END "
+                "FROM pg_catalog.pg_database WHERE datname = %s", (build,)).fetchone()
+            if row is None:
+                return None
+            held = [h for h in locks.holders(conn, ep.dbname) if h.state == "h"]
+    except (SnapdbError, psycopg.Error):
+        return None
+    return {"name": build, "bytes": None if row[0] is None else int(row[0]),
+            "busy": held[0].describe() if held else None}
