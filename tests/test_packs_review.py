@@ -1,22 +1,24 @@
-"""Per-file fsync (commit 5a0deaf) replaced the syncfs before the manifest, but no new directory's
-entry is ever made durable: the store fsyncs a file and the directory that holds it, never the
-parent of a directory it has just created. `snapshots/<id>/` is created by the snapshot's first
-file (its lease); its entry in `snapshots/` is never fsynced, so after a power failure the whole
-snapshot (manifest included) may be gone although `snapdb snapshot` reported it taken and
-`--prune` may already have deleted the snapshots it replaced. syncfs covered these entries.
-
-The test traces the fsync calls of a real `snapdb snapshot` (the worker processes are forked, so
-they inherit the trace) and requires the directory holding the new snapshot's directory to have
-been fsynced (or the filesystem synced) before the manifest was published.
-"""
+"""Findings 5-8 of the hostile review of snapshot format 3 (review/issue10): durability of new
+directories, exclusion patterns in a non-UTF-8 database, TOAST-heavy tables and packs, and the
+exit code of a pack whose segments do not tile its stream."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
-from tests.conftest import create_db, pg  # noqa: F401
+from .conftest import create_db, run_cli
 
+# -- 5. new directory entries are made durable ----------------------------------------------------
+# Per-file fsync (commit 5a0deaf) replaced the syncfs before the manifest, but no new directory's
+# entry was ever made durable: the store fsynced a file and the directory that holds it, never the
+# parent of a directory it had just created. `snapshots/<id>/` is created by the snapshot's first
+# file (its lease); its entry in `snapshots/` was never fsynced, so after a power failure the whole
+# snapshot (manifest included) could be gone although `snapdb snapshot` reported it taken.
+# The test traces the fsync calls of a real `snapdb snapshot` (the worker processes are forked, so
+# they inherit the trace) and requires the directory holding the new snapshot's directory to have
+# been fsynced (or the filesystem synced) before the manifest was published.
 TRACE = textwrap.dedent("""
     import os, sys
     log = sys.argv.pop(1)
@@ -61,3 +63,20 @@ def test_new_snapshot_directory_entry_is_made_durable_before_the_manifest(pg, tm
     snapshots_dir = str((store / "snapshots").resolve())
     assert "syncfs" in before or f"fsync {snapshots_dir}" in before, \
         "the entry of the new snapshot directory in snapshots/ was never fsynced:\n" + "\n".join(lines)
+
+
+def test_local_store_fsyncs_the_parent_of_every_directory_it_creates(tmp_path, monkeypatch):
+    import os
+
+    from snapdb.store.local import LocalStore
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    root = tmp_path / "store"
+    with LocalStore(str(root)).writer("snapshots/x/data/f") as f:
+        f.write(b"1")
+    for d in (tmp_path, root, root / "snapshots", root / "snapshots" / "x", root / "snapshots" / "x" / "data"):
+        assert str(d.resolve()) in synced, (d, synced)
+
+
