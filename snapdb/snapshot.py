@@ -274,8 +274,9 @@ def _pattern(schema: str, name: str | None) -> str:
     return f"{q(schema)}.{q(name) if name is not None else '*'}"
 
 
-#: tables smaller than PACK_TABLE_BYTES on disk, read whole, share files ("packs", format 3) of
-#: at most PACK_TABLES tables and about PACK_BYTES: creating a file costs more than copying a small table
+#: tables smaller than PACK_TABLE_BYTES on disk (heap and TOAST: `TableRef.data_bytes`; a table of
+#: a few large values is all TOAST), read whole, share files ("packs", format 3) of at most
+#: PACK_TABLES tables and about PACK_BYTES: creating a file costs more than copying a small table
 PACK_TABLE_BYTES = 1 << 20
 PACK_BYTES = 8 << 20
 PACK_TABLES = 256
@@ -284,8 +285,9 @@ PACK_TABLES = 256
 def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, list[tuple[int, object]]]]:
     """The data files of a snapshot: ``(path, [(table index, page range or None), ...])``.
 
-    A large table gets one file per page range (``data/NNNNN.PPP.copy.zst``), a table too large
-    to pack one file (``data/NNNNN.copy.zst``); the small ones are packed, in table order, into
+    A large table (by its heap, which page ranges split) gets one file per page range
+    (``data/NNNNN.PPP.copy.zst``), a table too large to pack (heap and TOAST) one file
+    (``data/NNNNN.copy.zst``); the small ones are packed, in table order, into
     ``data/pack-NNNNN.copy.zst`` (at least `jobs` packs when there are that many small tables, so
     every worker has one)."""
     files: list[tuple[str, list[tuple[int, object]]]] = []
@@ -294,13 +296,13 @@ def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, lis
         ranges = plan_parts(t, jobs, version_num)
         if len(ranges) > 1:
             files += [(f"data/{i + 1:05d}.{p + 1:03d}.copy.zst", [(i, pages)]) for p, pages in enumerate(ranges)]
-        elif t.bytes >= PACK_TABLE_BYTES:
+        elif t.data_bytes >= PACK_TABLE_BYTES:
             files.append((f"data/{i + 1:05d}.copy.zst", [(i, None)]))
         else:
             small.append(i)
     if len(small) == 1:
         return files + [(f"data/{small[0] + 1:05d}.copy.zst", [(small[0], None)])]
-    total = sum(tables[i].bytes for i in small)
+    total = sum(tables[i].data_bytes for i in small)
     per_pack = min(PACK_TABLES, max(1, -(-len(small) // max(1, jobs))))
     packs: list[list[int]] = []
     weight = 0
@@ -309,14 +311,14 @@ def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, lis
             packs.append([])
             weight = 0
         packs[-1].append(i)
-        weight += tables[i].bytes
+        weight += tables[i].data_bytes
     return files + [(f"data/pack-{n + 1:05d}.copy.zst", [(i, None) for i in pack]) for n, pack in enumerate(packs)]
 
 
 def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs, version_num, reporter):
     """Copy every table (large ones in parts, small ones packed) in the worker pool; return
     entries in table order."""
-    reporter.phase("copying tables", total_bytes=sum(t.bytes for t in tables), total_items=len(tables))
+    reporter.phase("copying tables", total_bytes=sum(t.data_bytes for t in tables), total_items=len(tables))
     session = Session(source, SourceError, encoding=encoding, snapshot=exported)
     files = plan_files(tables, jobs, version_num)
     refs = [TableRef(t.schema, t.name, t.columns) for t in tables]
@@ -333,8 +335,8 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
                 faults.checkpoint("snapshot:table-copied")
 
     tasks = [(session, store, mf.key(snap_id, path), path, [(refs[i], pages) for i, pages in segs]) for path, segs in files]
-    weights = [sum(tables[i].bytes // len(plan_parts(tables[i], jobs, version_num)) if pages is not None else tables[i].bytes
-                   for i, pages in segs) for _path, segs in files]
+    weights = [sum(tables[i].data_bytes // len(plan_parts(tables[i], jobs, version_num)) if pages is not None
+                   else tables[i].data_bytes for i, pages in segs) for _path, segs in files]
     results = pool.run_items(dump_pack, tasks, weights, on_done=done)
     parts: list[list[dict]] = [[] for _ in tables]
     file_entries: list[list] = [[] for _ in tables]

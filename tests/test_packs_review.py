@@ -80,3 +80,40 @@ def test_local_store_fsyncs_the_parent_of_every_directory_it_creates(tmp_path, m
         assert str(d.resolve()) in synced, (d, synced)
 
 
+# -- 7. packing counts TOAST ------------------------------------------------------------------------
+# Packing decided by `pg_relation_size` (the main fork only): a table of a few large values has a
+# heap of a few pages and everything in TOAST, so it was "small" and packed whatever its size; here
+# three tables of 12 MB each shared one 36 MB pack, against "at most 256 tables and about 8 MB per
+# pack" (and one worker copied it, one session restored it).
+DOCS = ";".join(f"CREATE TABLE doc{i} (id int, body text); ALTER TABLE doc{i} ALTER COLUMN body SET STORAGE EXTERNAL;"
+                f"INSERT INTO doc{i} SELECT g, repeat(md5(g::text || '{i}'), 32768) FROM generate_series(1, 12) g"
+                for i in range(1, 4))
+
+
+def test_toast_heavy_tables_do_not_make_oversized_packs(pg, tmp_path):
+    src = create_db(pg, "r10_toast_packs", DOCS + ";CREATE TABLE tiny (id int); INSERT INTO tiny VALUES (1)")
+    with pg.connect(src) as conn:
+        heap, total = conn.execute("SELECT pg_relation_size('doc1'), pg_total_relation_size('doc1')").fetchone()
+        assert heap < 1 << 20 <= total  # "under 1 MiB on disk" only if TOAST does not count
+    store = tmp_path / "store"
+    r = run_cli("snapshot", pg.url(src), "--store", str(store), "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    [d] = list((store / "snapshots").iterdir())
+    doc = json.loads((d / "manifest.json").read_text())
+    packs = {f["path"]: f["raw_size"] for f in doc["files"] if f["path"].startswith("data/pack-")}
+    assert all(size <= 9 << 20 for size in packs.values()), packs  # failed: one pack of ~36 MB
+
+
+def test_plan_files_counts_toast_when_packing():
+    from snapdb.postgres import TableRef
+    from snapdb.snapshot import plan_files
+
+    docs = [TableRef("s", f"doc{i}", [], bytes=16384, toast_bytes=12 << 20) for i in range(3)]
+    tiny = [TableRef("s", f"t{i}", [], bytes=8192, toast_bytes=8192) for i in range(4)]
+    files = plan_files(docs + tiny, 1, 150000)
+    assert [f for f in files if not f[0].startswith("data/pack-")] == [
+        (f"data/{i + 1:05d}.copy.zst", [(i, None)]) for i in range(3)]
+    assert [segs for p, segs in files if p.startswith("data/pack-")] == [[(i, None) for i in range(3, 7)]]
+    assert TableRef("s", "x", [], bytes=1, toast_bytes=2).data_bytes == 3
+
+
