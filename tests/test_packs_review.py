@@ -117,3 +117,105 @@ def test_plan_files_counts_toast_when_packing():
     assert TableRef("s", "x", [], bytes=1, toast_bytes=2).data_bytes == 3
 
 
+# -- 8. a pack whose segments do not tile its stream is a damaged snapshot (exit 7) ----------------
+# docs/snapshot-format.md: "The parts of a pack follow each other from offset 0 and end where the
+# stream ends; a restore refuses a manifest whose segments do not (exit 7)". A manifest whose last
+# segment ends a few bytes before the stream's end, inside its last row, was not refused as such:
+# COPY got the cut-off last row first and the restore failed with exit 5 (a *target* error).
+SQL = ";".join(f"CREATE TABLE t{i} (id int, v text); INSERT INTO t{i} SELECT g, 'v' || g FROM generate_series(1, {i * 10}) g"
+               for i in range(1, 9))
+
+
+def test_last_segment_ending_before_the_stream_is_refused_as_damaged(pg, tmp_path):
+    src = create_db(pg, "r10_short_segment", SQL)
+    store = tmp_path / "store"
+    assert run_cli("snapshot", pg.url(src), "--store", str(store), "--jobs", "1").returncode == 0
+    [d] = list((store / "snapshots").iterdir())
+    doc = json.loads((d / "manifest.json").read_text())
+    packed = sorted((t for t in doc["tables"] if "offset" in t["parts"][0]), key=lambda t: t["parts"][0]["offset"])
+    assert len({t["parts"][0]["file"] for t in packed}) == 1 and len(packed) == 8
+    packed[-1]["parts"][0]["length"] -= 5  # the last segment ends 5 bytes before the stream does
+    (d / "manifest.json").write_text(json.dumps(doc))
+    r = run_cli("restore", "--into", src + "_copy", "--server", pg.url(), "--store", str(store))
+    assert r.returncode == 7, r.stderr  # failed: exit 5, "loading public.t8 failed: missing data for column "v""
+    target = create_db(pg, "r10_short_segment_target", "CREATE TABLE keep (v int); INSERT INTO keep VALUES (42)")
+    r = run_cli("restore", "--into", target, "--server", pg.url(), "--store", str(store))
+    assert r.returncode == 7 and "pack data/pack-00001.copy.zst" in r.stderr, r.stderr
+    with pg.connect(target) as conn:
+        assert conn.execute("SELECT v FROM keep").fetchone()[0] == 42
+    r = run_cli("verify", doc["id"], "--store", str(store))  # files only: said "ok" before
+    assert r.returncode == 7 and "its raw size" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_verify_files_checks_that_packs_tile_their_streams(pg, tmp_path):
+    from snapdb import manifest as mf
+    from snapdb.store.local import LocalStore
+    from snapdb.verify import verify_files
+
+    src = create_db(pg, "r10_layout", SQL)
+    store = tmp_path / "store"
+    assert run_cli("snapshot", pg.url(src), "--store", str(store), "--jobs", "1").returncode == 0
+    [d] = list((store / "snapshots").iterdir())
+    good = (d / "manifest.json").read_text()
+    st = LocalStore(str(store))
+    assert verify_files(st, mf.read_manifest(st, d.name)) == []
+
+    def problems(edit) -> list[str]:
+        doc = json.loads(good)
+        packed = sorted((t["parts"][0] for t in doc["tables"] if "offset" in t["parts"][0]), key=lambda p: p["offset"])
+        edit(doc, packed)
+        (d / "manifest.json").write_text(json.dumps(doc))
+        return [str(m) for m in verify_files(st, mf.read_manifest(st, d.name))]
+
+    assert problems(lambda doc, p: p[0].update(offset=1)) == [
+        "pack data/pack-00001.copy.zst: expected public.t1 at byte 0, found byte 1 (a gap or an overlap)"]
+    assert "a gap or an overlap" in problems(lambda doc, p: p[3].update(length=p[3]["length"] + 1))[0]
+    assert "its raw size" in problems(lambda doc, p: p[-1].update(length=p[-1]["length"] + 1))[0]
+    assert "none for public.t" in problems(lambda doc, p: p[2].pop("offset"))[0]
+    assert "none for public.t" in problems(lambda doc, p: p[2].update(length=-1))[0]
+    assert problems(lambda doc, p: p[0].update(file="data/pack-09999.copy.zst"))[0].startswith(
+        "file data/pack-09999.copy.zst: expected listed in files, found not listed")
+
+
+def test_pack_loader_refuses_a_segment_that_ends_inside_a_row(pg, tmp_path):
+    """The loader's own check, for streams that disagree with a sound-looking manifest: a segment
+    must end with a row's newline and the stream must hold it all, else `IntegrityError` before
+    COPY sees a cut-off row, and nothing is committed."""
+    import pytest
+
+    from snapdb import workers
+    from snapdb.compression import ZstdSink
+    from snapdb.config import Endpoint, parse_url
+    from snapdb.errors import IntegrityError, TargetError
+    from snapdb.postgres import TableRef
+    from snapdb.store.local import LocalStore
+
+    db = create_db(pg, "r10_loader", "CREATE TABLE a (id int, v text); CREATE TABLE b (id int, v text)")
+    st = LocalStore(str(tmp_path / "store"))
+    rows_a, rows_b = b"1\tx\n2\tyy\n", b"3\tz\n"
+    with ZstdSink(st, "p", "p") as sink:
+        sink.write(rows_a + rows_b)
+    s = workers.Session(Endpoint(params=parse_url(pg.url(db), "test")), TargetError, encoding="UTF8", readonly=False)
+    a, b = TableRef("public", "a", ["id", "v"]), TableRef("public", "b", ["id", "v"])
+    n = len(rows_a)
+    try:
+        cases = [
+            [(a, 0, n - 2), (b, n - 2, len(rows_b) + 2)],  # a ends inside its last row: "2\ty"
+            [(a, 0, n), (b, n, len(rows_b) + 4)],  # the stream ends before b does
+            [(a, 0, n + 2), (b, n + 2, len(rows_b) - 2)],  # a ends inside b's first row
+            [(a, None, None)],  # fine on its own: the whole stream is whole rows
+        ]
+        for segments in cases[:3]:
+            with pytest.raises(IntegrityError):
+                workers.load_pack(s, st, "p", segments)
+            with pg.connect(db) as conn:
+                assert conn.execute("SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)").fetchone()[0] == 0
+        assert workers.load_pack(s, st, "p", cases[3]) == [3]
+        with ZstdSink(st, "q", "q") as sink:
+            sink.write(b"4\tw\n5\t")  # a whole file whose last row is cut off
+        with pytest.raises(IntegrityError, match="end inside a row"):
+            workers.load_pack(s, st, "q", [(a, None, None)])
+        with pg.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM a").fetchone()[0] == 3
+    finally:
+        workers._sessions.pop(s.key()).close()
