@@ -122,7 +122,8 @@ def list_tables(conn: psycopg.Connection, *, skip_unlogged: bool = False) -> tup
         via = {int(r[0]): (r[1], r[2]) for r in conn.execute(_LOAD_VIA_ROOT_SQL).fetchall()}
     tables, skipped = [], []
     for oid, schema, name, cols, size, persistence, toast in conn.execute(_q(_TABLES_SQL)).fetchall():
-        t = TableRef(schema, name, list(cols), int(size), load_via=via.get(int(oid)), toast_bytes=int(toast))
+        t = TableRef(schema, name, list(cols), int(size), load_via=via.get(int(oid)), toast_bytes=int(toast),
+                     oid=int(oid))
         (skipped if skip_unlogged and persistence == "u" else tables).append(t)
     return tables, skipped
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import psycopg
 import psycopg.sql
+from psycopg._encodings import pg2pyenc  # PostgreSQL encoding name -> Python codec (no public equivalent)
 
 from . import faults, history, manifest as mf, pgtools, relations
 from .compression import READ_CHUNK, ZstdSink, digest
@@ -150,17 +151,21 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         faults.checkpoint("snapshot:catalog-read")
         pg_dump = pgtools.choose_pg_dump(main, SourceError)  # docs/postgres-versions.md
         dump_version = "%d.%d" % pgtools.tool_version(pg_dump)
+        pg_restore = pgtools.find_tool("pg_restore", pgtools.tool_version(pg_dump)[0])  # lists the archive
+        db_encoding = main.info.parameter_status("server_encoding") or "UTF8"
         reporter.done()
 
         workdir = pgtools.scratch_dir()
         try:
             dump_path = workdir / "schema.dump"
             dump_err: list[BaseException] = []
-            argv = [pg_dump, "-Fc", "-Z0", "--no-sync", "--no-subscriptions", f"--snapshot={exported}",
-                    "-f", str(dump_path)]
+            # the client encoding is the database's own (not PGCLIENTENCODING's or the URL's): pg_dump
+            # matches the patterns below in its queries, so their bytes must be in that encoding
+            argv: list[str | bytes] = [pg_dump, "-Fc", "-Z0", "--no-sync", "--no-subscriptions",
+                                       f"--snapshot={exported}", f"--encoding={db_encoding}", "-f", str(dump_path)]
             # rows of copied tables, and sequence values: sequences are not transactional, so
             # pg_dump's later reading could differ from the manifest's; restore sets them itself
-            argv += [f"--exclude-table-data={p}" for p in exclusions]
+            argv += exclusion_args(exclusions, db_encoding)
             argv += pgtools.conninfo_arg(source.conninfo())
 
             dump_procs: list = []
@@ -168,6 +173,8 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             def run_dump() -> None:
                 try:
                     pgtools.run_tool(argv, SourceError, "pg_dump", started=dump_procs.append)
+                    _check_no_copied_rows(pgtools.archive_table_data(pg_restore, dump_path, SourceError),
+                                          tables + unlogged)
                 except BaseException as exc:  # re-raised in the main thread
                     dump_err.append(exc)
 
@@ -265,6 +272,40 @@ def data_exclusions(conn: psycopg.Connection, excluded: list[tuple[str, str]]) -
         else:
             out += [_pattern(schema, n) for n in sorted(names) if (schema, n) in wanted]
     return out
+
+
+def exclusion_args(patterns: list[str], encoding: str) -> list[str | bytes]:
+    """``--exclude-table-data`` arguments for `patterns`, encoded in the database's `encoding`
+    (a PostgreSQL name, e.g. ``LATIN1``), in which pg_dump (``--encoding``) sends them to the
+    server: a non-ASCII name passed as UTF-8 matches nothing in a LATIN1 database, and its rows
+    would be dumped beside snapdb's own copy. ASCII patterns stay `str` (every server encoding
+    is an ASCII superset). Raises `SourceError` when Python has no codec for `encoding` and a
+    pattern needs one."""
+    out: list[str | bytes] = []
+    for p in patterns:
+        arg = f"--exclude-table-data={p}"
+        if arg.isascii():
+            out.append(arg)
+            continue
+        try:
+            out.append(arg.encode(pg2pyenc(encoding.encode())))
+        except (psycopg.NotSupportedError, UnicodeEncodeError) as exc:
+            raise SourceError(
+                f"cannot pass the name pattern {p} to pg_dump in the database's encoding {encoding}: {exc}",
+                hint="rename the schema or table to ASCII, or snapshot it with pg_dump yourself") from None
+    return out
+
+
+def _check_no_copied_rows(dumped: set[int], tables: list[TableRef]) -> None:
+    """Refuse an archive holding the rows of a table snapdb copies itself: a restore would load
+    them twice (its patterns missed the table, however that came about)."""
+    twice = [t.qualname for t in tables if t.oid in dumped]
+    if twice:
+        raise IntegrityError(
+            f"pg_dump's archive holds the rows of {len(twice)} table(s) snapdb copied itself ("
+            f"{', '.join(twice[:5])}{' …' if len(twice) > 5 else ''}): its --exclude-table-data patterns did "
+            "not match them, and every restore would load their rows twice",
+            hint="the snapshot was not written; report this with the table names")
 
 
 def _pattern(schema: str, name: str | None) -> str:

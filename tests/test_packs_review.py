@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from .conftest import create_db, run_cli
 
 # -- 5. new directory entries are made durable ----------------------------------------------------
@@ -78,6 +80,68 @@ def test_local_store_fsyncs_the_parent_of_every_directory_it_creates(tmp_path, m
         f.write(b"1")
     for d in (tmp_path, root, root / "snapshots", root / "snapshots" / "x", root / "snapshots" / "x" / "data"):
         assert str(d.resolve()) in synced, (d, synced)
+
+
+# -- 6. exclusion patterns in the database's encoding ---------------------------------------------
+# pg_dump's --exclude-table-data patterns were passed as UTF-8 (Python's argv), but pg_dump talks
+# to the server in the database's encoding: in a LATIN1 database, a schema or table whose name is
+# not ASCII was not matched, pg_dump put its rows into the archive, and every restore loaded them
+# twice and failed its verification ("expected 2 rows, found 4"), while `snapdb snapshot` and
+# `snapdb verify ID` reported the snapshot fine.
+@pytest.mark.parametrize("client_encoding", [None, "UTF8"])  # PGCLIENTENCODING must not decide
+def test_latin1_database_with_non_ascii_names_restores(pg, tmp_path, client_encoding):
+    src = "r10_latin1" + ("_env" if client_encoding else "")
+    env = {"PGCLIENTENCODING": client_encoding} if client_encoding else None
+    with pg.connect() as conn:
+        conn.execute(f"CREATE DATABASE {src} TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'")
+    with pg.connect(src) as conn:
+        conn.execute('CREATE SCHEMA "bücher"; CREATE TABLE "bücher".a (id int); INSERT INTO "bücher".a VALUES (1), (2);'
+                     'CREATE TABLE "bücher".b (id int); INSERT INTO "bücher".b VALUES (3);'
+                     'CREATE TABLE public."größe" (id int); INSERT INTO public."größe" VALUES (4);'
+                     'CREATE MATERIALIZED VIEW public.mv AS SELECT 1 AS one')  # public: patterns one by one
+    store = tmp_path / "store"
+    r = run_cli("snapshot", pg.url(src), "--store", str(store), env=env)
+    assert r.returncode == 0, r.stderr
+    [d] = list((store / "snapshots").iterdir())
+    rows = {t["name"]: t["rows"] for t in json.loads((d / "manifest.json").read_text())["tables"]}
+    assert rows == {"a": 2, "b": 1, "größe": 1}
+    r = run_cli("restore", "--into", src + "_copy", "--server", pg.url(), "--store", str(store), env=env)
+    assert r.returncode == 0, r.stderr  # failed: restored database differs: … expected 1 rows, found 2 rows
+    with pg.connect(src + "_copy") as conn:
+        assert conn.execute('SELECT count(*) FROM "bücher".a').fetchone()[0] == 2
+        assert conn.execute('SELECT count(*) FROM public."größe"').fetchone()[0] == 1
+
+
+def test_exclusion_args_are_encoded_in_the_database_encoding():
+    from snapdb.errors import SourceError
+    from snapdb.snapshot import exclusion_args
+
+    pats = ['"bücher".*', '"public"."t"']
+    assert exclusion_args(pats, "LATIN1") == ['--exclude-table-data="b\xfccher".*'.encode("latin-1"),
+                                              '--exclude-table-data="public"."t"']
+    assert exclusion_args(pats, "UTF8")[0] == '--exclude-table-data="bücher".*'.encode()
+    assert exclusion_args(pats[1:], "MULE_INTERNAL") == ['--exclude-table-data="public"."t"']
+    with pytest.raises(SourceError, match="MULE_INTERNAL"):  # no Python codec: said, never guessed
+        exclusion_args(pats, "MULE_INTERNAL")
+
+
+def test_snapshot_refuses_an_archive_holding_rows_it_copied(pg, tmp_path, monkeypatch):
+    """Whatever makes a pattern miss a table, the snapshot checks the archive's table of contents
+    (pg_restore -l, by OID) and fails instead of publishing rows that every restore loads twice."""
+    from snapdb import snapshot
+    from snapdb.config import Endpoint, parse_url
+    from snapdb.errors import IntegrityError
+    from snapdb.store.local import LocalStore
+
+    src = create_db(pg, "r10_twice", "CREATE TABLE a (id int); INSERT INTO a VALUES (1);"
+                                     "CREATE TABLE b (id int); INSERT INTO b VALUES (2)")
+    real = snapshot.data_exclusions
+    monkeypatch.setattr(snapshot, "data_exclusions", lambda conn, excluded: [
+        p for p in real(conn, [(s, n) for s, n in excluded if n != "b"])])
+    store = LocalStore(str(tmp_path / "store"))
+    with pytest.raises(IntegrityError, match=r"rows of 1 table\(s\) snapdb copied itself \(public\.b\)"):
+        snapshot.take_snapshot(Endpoint(params=parse_url(pg.url(src), "test")), store, jobs=1)
+    assert store.list("snapshots/") == []
 
 
 # -- 7. packing counts TOAST ------------------------------------------------------------------------
