@@ -187,6 +187,42 @@ def _created_at(value) -> str:
     return value
 
 
+def layout_problems(manifest: Manifest) -> list[tuple[str, str, str, str]]:
+    """How the manifest's parts fail to lay out its data files, as ``(kind, file, expected,
+    found)``; empty when sound. Every part's file must be listed in ``files``; a file holding
+    several parts (a pack), or parts with ``offset``, needs ``offset`` and ``length`` on each,
+    following each other from byte 0 and ending at the file's ``raw_size`` (the decompressed
+    stream), as docs/snapshot-format.md says. Read from the manifest alone: no file is opened."""
+    raw = {f.path: f.raw_size for f in manifest.files}
+    by_file: dict[str, list[tuple[str, dict]]] = {}
+    for t in manifest.tables:
+        for p in t.parts:
+            by_file.setdefault(str(p.get("file")), []).append((f"{t.schema}.{t.name}", p))
+    out = []
+    for path, parts in by_file.items():
+        if path not in raw:
+            out.append(("file", path, "listed in files", f"not listed (it holds rows of {parts[0][0]})"))
+            continue
+        if len(parts) == 1 and "offset" not in parts[0][1] and "length" not in parts[0][1]:
+            continue
+        bad = [name for name, p in parts if not all(isinstance(p.get(k), int) and not isinstance(p.get(k), bool)
+                                                     and p[k] >= 0 for k in ("offset", "length"))]
+        if bad:
+            out.append(("pack", path, f"an offset and a length (whole numbers) for each of its {len(parts)} tables",
+                        f"none for {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")))
+            continue
+        at = 0
+        for name, p in sorted(parts, key=lambda np: (np[1]["offset"], np[1]["length"])):
+            if p["offset"] != at:
+                out.append(("pack", path, f"{name} at byte {at}", f"byte {p['offset']} (a gap or an overlap)"))
+                break
+            at += p["length"]
+        else:
+            if at != raw[path]:
+                out.append(("pack", path, f"its tables to end at byte {raw[path]} (its raw size)", f"byte {at}"))
+    return out
+
+
 def write_manifest(store: Store, manifest: Manifest) -> None:
     """Publish the manifest (atomically): from now on the snapshot exists."""
     data = json.dumps(manifest.to_json(), indent=1, ensure_ascii=False).encode("utf-8")

@@ -21,8 +21,10 @@ Contract (the rules, with the reasons, are in docs/postgres-versions.md):
 
 `run_tool` runs a program without a shell and never puts a password in argv: connection
 parameters go in a conninfo string that never contains one, and libpq reads
-``.pgpass``/``PGPASSWORD`` itself. A non-zero exit becomes the error class the caller names,
-with the tool's last stderr lines.
+``.pgpass``/``PGPASSWORD`` itself. Arguments may be bytes (a name pattern in the database's
+encoding, which need not be UTF-8); they reach the program as they are. A non-zero exit becomes
+the error class the caller names, with the tool's last stderr lines. `archive_table_data` lists
+the tables whose rows a custom-format archive holds (``pg_restore -l``), by OID.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -266,7 +268,7 @@ def _alive(pid: int) -> bool:
 
 
 def run_tool(
-    argv: list[str],
+    argv: Sequence[str | bytes],
     error_cls: type[SnapdbError],
     what: str,
     stdout_path: Path | None = None,
@@ -317,6 +319,22 @@ def run_tool(
     t.join()
     if rc != 0:
         raise error_cls(f"{what} failed: {tool_error(first + list(tail), rc)}")
+
+
+#: a ``pg_restore -l`` line of table rows: ``<dump id>; 0 <table OID> TABLE DATA <schema> <name> <owner>``
+#: (pg_dump gives a TABLE DATA entry its table's OID; names are printed raw, in the archive's encoding)
+_TABLE_DATA_RE = re.compile(rb"^\d+; 0 (\d+) TABLE DATA ", re.MULTILINE)
+
+
+def archive_table_data(pg_restore: str, archive: Path, error_cls: type[SnapdbError]) -> set[int]:
+    """Return the OIDs of the tables whose rows the custom-format `archive` holds (``pg_restore
+    -l``, which reads only its table of contents)."""
+    listing = archive.with_name(archive.name + ".list")
+    try:
+        run_tool([pg_restore, "-l", str(archive)], error_cls, "pg_restore -l", stdout_path=listing)
+        return {int(m.group(1)) for m in _TABLE_DATA_RE.finditer(listing.read_bytes())}
+    finally:
+        listing.unlink(missing_ok=True)
 
 
 _NOISE = ("a worker process died unexpectedly", "could not execute query")

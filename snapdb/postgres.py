@@ -130,8 +130,15 @@ class TableRef:
     schema: str
     name: str
     columns: list[str]
-    bytes: int = 0
+    bytes: int = 0  # the heap (main fork): what page ranges split (tabledata.plan_parts)
     load_via: tuple[str, str] | None = None  # partition root to load through (see relations)
+    toast_bytes: int = 0  # its TOAST table's main fork: large values live there, not in the heap
+    oid: int | None = None  # in the source, when read from its catalog (relations.list_tables)
+
+    @property
+    def data_bytes(self) -> int:
+        """Heap plus TOAST: what reading the whole table costs (packing and work weights)."""
+        return self.bytes + self.toast_bytes
 
     @property
     def ident(self) -> sql.Composable:

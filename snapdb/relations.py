@@ -52,7 +52,8 @@ SELECT c.oid, n.nspname, c.relname,
                 FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
                 '{{}}') AS cols,
        pg_catalog.pg_relation_size(c.oid) AS bytes,
-       c.relpersistence
+       c.relpersistence,
+       CASE WHEN c.reltoastrelid <> 0 THEN pg_catalog.pg_relation_size(c.reltoastrelid) ELSE 0 END AS toast_bytes
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
@@ -112,15 +113,17 @@ def list_tables(conn: psycopg.Connection, *, skip_unlogged: bool = False) -> tup
     Excluded: catalogs, temporary tables, extension members (pg_dump handles extension
     configuration tables itself) and snapdb's own schema, whose history rows travel in pg_dump's
     data section. Partitions are included (their parents hold no rows), each with its
-    `load_via` root when its placement depends on enum OIDs. With `skip_unlogged` (a hot
+    `load_via` root when its placement depends on enum OIDs, its heap's size in `bytes` and its
+    TOAST table's in `toast_bytes` (main forks). With `skip_unlogged` (a hot
     standby, where unlogged tables cannot be read) unlogged tables come back in the second list.
     """
     via = {}
     if conn.info.server_version >= 120000:
         via = {int(r[0]): (r[1], r[2]) for r in conn.execute(_LOAD_VIA_ROOT_SQL).fetchall()}
     tables, skipped = [], []
-    for oid, schema, name, cols, size, persistence in conn.execute(_q(_TABLES_SQL)).fetchall():
-        t = TableRef(schema, name, list(cols), int(size), load_via=via.get(int(oid)))
+    for oid, schema, name, cols, size, persistence, toast in conn.execute(_q(_TABLES_SQL)).fetchall():
+        t = TableRef(schema, name, list(cols), int(size), load_via=via.get(int(oid)), toast_bytes=int(toast),
+                     oid=int(oid))
         (skipped if skip_unlogged and persistence == "u" else tables).append(t)
     return tables, skipped
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import psycopg
 import psycopg.sql
+from psycopg._encodings import pg2pyenc  # PostgreSQL encoding name -> Python codec (no public equivalent)
 
 from . import faults, history, manifest as mf, pgtools, relations
 from .compression import READ_CHUNK, ZstdSink, digest
@@ -150,17 +151,21 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
         faults.checkpoint("snapshot:catalog-read")
         pg_dump = pgtools.choose_pg_dump(main, SourceError)  # docs/postgres-versions.md
         dump_version = "%d.%d" % pgtools.tool_version(pg_dump)
+        pg_restore = pgtools.find_tool("pg_restore", pgtools.tool_version(pg_dump)[0])  # lists the archive
+        db_encoding = main.info.parameter_status("server_encoding") or "UTF8"
         reporter.done()
 
         workdir = pgtools.scratch_dir()
         try:
             dump_path = workdir / "schema.dump"
             dump_err: list[BaseException] = []
-            argv = [pg_dump, "-Fc", "-Z0", "--no-sync", "--no-subscriptions", f"--snapshot={exported}",
-                    "-f", str(dump_path)]
+            # the client encoding is the database's own (not PGCLIENTENCODING's or the URL's): pg_dump
+            # matches the patterns below in its queries, so their bytes must be in that encoding
+            argv: list[str | bytes] = [pg_dump, "-Fc", "-Z0", "--no-sync", "--no-subscriptions",
+                                       f"--snapshot={exported}", f"--encoding={db_encoding}", "-f", str(dump_path)]
             # rows of copied tables, and sequence values: sequences are not transactional, so
             # pg_dump's later reading could differ from the manifest's; restore sets them itself
-            argv += [f"--exclude-table-data={p}" for p in exclusions]
+            argv += exclusion_args(exclusions, db_encoding)
             argv += pgtools.conninfo_arg(source.conninfo())
 
             dump_procs: list = []
@@ -168,6 +173,8 @@ def _take_with(pool, source, store, snap_id, created_at, jobs, label, release_pr
             def run_dump() -> None:
                 try:
                     pgtools.run_tool(argv, SourceError, "pg_dump", started=dump_procs.append)
+                    _check_no_copied_rows(pgtools.archive_table_data(pg_restore, dump_path, SourceError),
+                                          tables + unlogged)
                 except BaseException as exc:  # re-raised in the main thread
                     dump_err.append(exc)
 
@@ -281,6 +288,40 @@ def data_exclusions(conn: psycopg.Connection, excluded: list[tuple[str, str]]) -
     return out
 
 
+def exclusion_args(patterns: list[str], encoding: str) -> list[str | bytes]:
+    """``--exclude-table-data`` arguments for `patterns`, encoded in the database's `encoding`
+    (a PostgreSQL name, e.g. ``LATIN1``), in which pg_dump (``--encoding``) sends them to the
+    server: a non-ASCII name passed as UTF-8 matches nothing in a LATIN1 database, and its rows
+    would be dumped beside snapdb's own copy. ASCII patterns stay `str` (every server encoding
+    is an ASCII superset). Raises `SourceError` when Python has no codec for `encoding` and a
+    pattern needs one."""
+    out: list[str | bytes] = []
+    for p in patterns:
+        arg = f"--exclude-table-data={p}"
+        if arg.isascii():
+            out.append(arg)
+            continue
+        try:
+            out.append(arg.encode(pg2pyenc(encoding.encode())))
+        except (psycopg.NotSupportedError, UnicodeEncodeError) as exc:
+            raise SourceError(
+                f"cannot pass the name pattern {p} to pg_dump in the database's encoding {encoding}: {exc}",
+                hint="rename the schema or table to ASCII, or snapshot it with pg_dump yourself") from None
+    return out
+
+
+def _check_no_copied_rows(dumped: set[int], tables: list[TableRef]) -> None:
+    """Refuse an archive holding the rows of a table snapdb copies itself: a restore would load
+    them twice (its patterns missed the table, however that came about)."""
+    twice = [t.qualname for t in tables if t.oid in dumped]
+    if twice:
+        raise IntegrityError(
+            f"pg_dump's archive holds the rows of {len(twice)} table(s) snapdb copied itself ("
+            f"{', '.join(twice[:5])}{' …' if len(twice) > 5 else ''}): its --exclude-table-data patterns did "
+            "not match them, and every restore would load their rows twice",
+            hint="the snapshot was not written; report this with the table names")
+
+
 def _pattern(schema: str, name: str | None) -> str:
     """pg_dump name pattern matching exactly this relation (quoted: no wildcard applies), or with
     `name` None every relation of the schema."""
@@ -288,8 +329,9 @@ def _pattern(schema: str, name: str | None) -> str:
     return f"{q(schema)}.{q(name) if name is not None else '*'}"
 
 
-#: tables smaller than PACK_TABLE_BYTES on disk, read whole, share files ("packs", format 3) of
-#: at most PACK_TABLES tables and about PACK_BYTES: creating a file costs more than copying a small table
+#: tables smaller than PACK_TABLE_BYTES on disk (heap and TOAST: `TableRef.data_bytes`; a table of
+#: a few large values is all TOAST), read whole, share files ("packs", format 3) of at most
+#: PACK_TABLES tables and about PACK_BYTES: creating a file costs more than copying a small table
 PACK_TABLE_BYTES = 1 << 20
 PACK_BYTES = 8 << 20
 PACK_TABLES = 256
@@ -298,8 +340,9 @@ PACK_TABLES = 256
 def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, list[tuple[int, object]]]]:
     """The data files of a snapshot: ``(path, [(table index, page range or None), ...])``.
 
-    A large table gets one file per page range (``data/NNNNN.PPP.copy.zst``), a table too large
-    to pack one file (``data/NNNNN.copy.zst``); the small ones are packed, in table order, into
+    A large table (by its heap, which page ranges split) gets one file per page range
+    (``data/NNNNN.PPP.copy.zst``), a table too large to pack (heap and TOAST) one file
+    (``data/NNNNN.copy.zst``); the small ones are packed, in table order, into
     ``data/pack-NNNNN.copy.zst`` (at least `jobs` packs when there are that many small tables, so
     every worker has one)."""
     files: list[tuple[str, list[tuple[int, object]]]] = []
@@ -308,13 +351,13 @@ def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, lis
         ranges = plan_parts(t, jobs, version_num)
         if len(ranges) > 1:
             files += [(f"data/{i + 1:05d}.{p + 1:03d}.copy.zst", [(i, pages)]) for p, pages in enumerate(ranges)]
-        elif t.bytes >= PACK_TABLE_BYTES:
+        elif t.data_bytes >= PACK_TABLE_BYTES:
             files.append((f"data/{i + 1:05d}.copy.zst", [(i, None)]))
         else:
             small.append(i)
     if len(small) == 1:
         return files + [(f"data/{small[0] + 1:05d}.copy.zst", [(small[0], None)])]
-    total = sum(tables[i].bytes for i in small)
+    total = sum(tables[i].data_bytes for i in small)
     per_pack = min(PACK_TABLES, max(1, -(-len(small) // max(1, jobs))))
     packs: list[list[int]] = []
     weight = 0
@@ -323,14 +366,14 @@ def plan_files(tables: list, jobs: int, version_num: int) -> list[tuple[str, lis
             packs.append([])
             weight = 0
         packs[-1].append(i)
-        weight += tables[i].bytes
+        weight += tables[i].data_bytes
     return files + [(f"data/pack-{n + 1:05d}.copy.zst", [(i, None) for i in pack]) for n, pack in enumerate(packs)]
 
 
 def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs, version_num, reporter):
     """Copy every table (large ones in parts, small ones packed) in the worker pool; return
     entries in table order."""
-    reporter.phase("copying tables", total_bytes=sum(t.bytes for t in tables), total_items=len(tables))
+    reporter.phase("copying tables", total_bytes=sum(t.data_bytes for t in tables), total_items=len(tables))
     session = Session(source, SourceError, encoding=encoding, snapshot=exported, release_locks=True)  # main holds them
     files = plan_files(tables, jobs, version_num)
     refs = [TableRef(t.schema, t.name, t.columns) for t in tables]
@@ -347,8 +390,8 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
                 faults.checkpoint("snapshot:table-copied")
 
     tasks = [(session, store, mf.key(snap_id, path), path, [(refs[i], pages) for i, pages in segs]) for path, segs in files]
-    weights = [sum(tables[i].bytes // len(plan_parts(tables[i], jobs, version_num)) if pages is not None else tables[i].bytes
-                   for i, pages in segs) for _path, segs in files]
+    weights = [sum(tables[i].data_bytes // len(plan_parts(tables[i], jobs, version_num)) if pages is not None
+                   else tables[i].data_bytes for i, pages in segs) for _path, segs in files]
     results = pool.run_items(dump_pack, tasks, weights, on_done=done)
     parts: list[list[dict]] = [[] for _ in tables]
     file_entries: list[list] = [[] for _ in tables]

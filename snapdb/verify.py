@@ -1,7 +1,8 @@
 """Check snapshots and databases against a manifest.
 
-`verify_files` re-reads every stored file and compares sha256 and size (nothing is trusted
-before this passes). `verify_database` compares a live database with the manifest: row count
+`verify_files` re-reads every stored file and compares sha256 and size, and checks that the
+manifest's parts lay out its files (`manifest.layout_problems`; nothing is trusted before this
+passes). `verify_database` compares a live database with the manifest: row count
 and content checksum of every table (in parallel), tables present on one side only, sequence
 values and the large-object count. Both return a list of `Mismatch`; empty means identical.
 """
@@ -41,7 +42,8 @@ class Mismatch:
 
 def verify_files(store: Store, manifest: mf.Manifest, reporter: Reporter = NULL,
                  pool: WorkerPool | None = None) -> list[Mismatch]:
-    """Compare every stored file of the snapshot with its manifest entry (in `pool` if given)."""
+    """Compare every stored file of the snapshot with its manifest entry (in `pool` if given),
+    after checking that the tables' parts lay out the listed files (packs tile their streams)."""
     reporter.phase("verifying files", total_bytes=manifest.stored_bytes, total_items=len(manifest.files))
     tasks = [(store, mf.key(manifest.id, e.path)) for e in manifest.files]
     if pool is not None:
@@ -49,7 +51,7 @@ def verify_files(store: Store, manifest: mf.Manifest, reporter: Reporter = NULL,
                                on_done=lambda i, r: reporter.advance(nbytes=r[1] if r else 0, items=1))
     else:
         found = [digest_file(*t) for t in tasks]
-    out = []
+    out = [Mismatch(*problem) for problem in mf.layout_problems(manifest)]
     for entry, got in zip(manifest.files, found):
         if got is None:
             out.append(Mismatch("file", entry.path, f"{entry.size} bytes", "missing"))

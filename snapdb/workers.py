@@ -137,42 +137,54 @@ def load_pack(s: Session, store: Store, key: str, segments: list[tuple[TableRef,
     several, each the ``length`` bytes of the decompressed stream from ``offset`` on; segments
     must follow each other from offset 0 and cover the stream to its end. Reads the file once,
     in one transaction; returns the rows the server reported per segment. Raises
-    `IntegrityError` when the stream does not match the segments."""
+    `IntegrityError` when the stream does not match the segments: before COPY reads past the
+    end of a table's rows (a segment must end at a row's newline, and the stream must hold it
+    all), so the damage is reported as such and nothing is committed."""
+    hint = "the target was not touched; restore another snapshot"
+
     def run():
         conn = _session(s)
         stored = []
         with conn.transaction(), open_zstd(store, key) as src:
             at = 0
             for table, offset, length in segments:
-                if offset is None:
-                    stored.append(_guard(s, f"loading {table.qualname}", lambda: load_table(conn, table, src, on_bytes=_tick)))
-                    continue
-                if offset != at:
-                    raise IntegrityError(f"{key}: {table.qualname} starts at byte {offset}, expected {at}")
-                part = _Slice(src, length)
+                if offset is not None and offset != at:
+                    raise IntegrityError(f"{key}: {table.qualname} starts at byte {offset}, expected {at}", hint=hint)
+                part = _Slice(src, length, f"{key}: {table.qualname}", hint)
                 stored.append(_guard(s, f"loading {table.qualname}", lambda: load_table(conn, table, part, on_bytes=_tick)))
-                if part.left:
-                    raise IntegrityError(f"{key}: the stream ended inside {table.qualname}",
-                                         hint="the target was not touched; restore another snapshot")
-                at += length
+                at += part.read_bytes
             if segments[-1][1] is not None and src.read(1):
-                raise IntegrityError(f"{key}: data after the last table of the file",
-                                     hint="the target was not touched; restore another snapshot")
+                raise IntegrityError(f"{key}: data after the last table of the file", hint=hint)
         return stored
     return _guard(s, f"loading {key}", run)
 
 
 class _Slice:
-    """The next `length` bytes of a stream, as a reader."""
+    """The next `length` bytes of a stream (None: the rest of it), as a reader for one table's
+    COPY. Raises `IntegrityError` instead of handing COPY an incomplete last row: when the
+    stream ends before `length` bytes, or the bytes do not end with a row's ``b"\n"``."""
 
-    def __init__(self, src, length: int) -> None:
-        self.src, self.left = src, length
+    def __init__(self, src, length: int | None, what: str, hint: str) -> None:
+        self.src, self.left, self.what, self.hint = src, length, what, hint
+        self.read_bytes = 0
+        self.last = b"\n"  # an empty segment (an empty table) is whole
 
     def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
+        if self.left is not None and self.left <= 0:
             return b""
-        data = self.src.read(self.left if n < 0 else min(n, self.left))
-        self.left -= len(data)
+        want = n if self.left is None else (self.left if n < 0 else min(n, self.left))
+        data = self.src.read(want)
+        if data:
+            self.read_bytes += len(data)
+            self.last = data[-1:]
+            if self.left is not None:
+                self.left -= len(data)
+        elif self.left is not None:
+            raise IntegrityError(f"{self.what}: the stream ended {self.left} bytes before the end of this table",
+                                 hint=self.hint)
+        if (not data or self.left == 0) and self.last != b"\n":
+            raise IntegrityError(f"{self.what}: its {self.read_bytes} bytes end inside a row (not with a newline)",
+                                 hint=self.hint)
         return data
 
 

@@ -83,6 +83,7 @@ def test_pg_dump_dies_with_a_killed_snapshot(pg, tmp_path):
                        f'echo $$ > "{marker}"\n'
                        'exec sleep 60\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    (bindir / "pg_restore").symlink_to(pg.tool("pg_restore"))  # a snapshot lists its archive with it
     faults, env = _pause(tmp_path, "snapshot:table-copied")
     env["SNAPDB_PG_BINDIR"] = str(bindir)
     proc = popen_cli("snapshot", pg.url("orphan_src"), "--store", str(tmp_path / "store"), env=env)

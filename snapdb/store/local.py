@@ -2,7 +2,10 @@
 
 Objects are written to a hidden temporary name beside their final path, fsynced, renamed into
 place and the directory fsynced, so a crash never leaves a half-written object under its real
-name. Directories are created mode 0700 and files 0600: snapshots hold production data.
+name. A directory created for an object is made durable too (its parent is fsynced after the
+``mkdir``): otherwise a power failure could lose ``snapshots/<id>/`` with everything in it,
+manifest included, although each file was fsynced. Directories are created mode 0700 and files
+0600: snapshots hold production data.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class LocalStore:
     def writer(self, key: str, sync: bool = True) -> Iterator[BinaryIO]:
         path = self._path(key)
         try:
-            self._mkdirs(path.parent)
+            self._mkdirs(path.parent, sync)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
@@ -71,13 +74,18 @@ class LocalStore:
                 raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
 
-    def _mkdirs(self, d: Path) -> None:
+    def _mkdirs(self, d: Path, sync: bool = True) -> None:
+        """Create `d` and its missing parents; with `sync`, fsync the parent of each one created
+        (also when a concurrent writer created it first: its entry must be durable before this
+        writer's file is, and one fsync per new directory is cheap)."""
         missing = []
         while not d.exists():
             missing.append(d)
             d = d.parent
         for m in reversed(missing):
             m.mkdir(mode=0o700, exist_ok=True)
+            if sync:
+                _fsync_dir(m.parent)
 
     def sync(self) -> None:
         """Flush the whole filesystem holding the store (syncfs), once for many objects."""
