@@ -234,20 +234,25 @@ class Bench:
                     f"{mk} && {pg_restore} -j {j} -d {url} {out / 'fd'}",
                     f"{mk} && {self.zstd} -dc {out / 'z0.dump.zst'} | {pg_restore} -d {url}",
                 ][i]
-                run = self.timed(name.format(j=j), cmd)
-                run.size_mb = self.db_mb(target)
-                got = self.fingerprint(target)
-                if got != source:
-                    self.problems.append(f"{name.format(j=j)} of {db} (run {r}): the restored database differs "
-                                         f"from the source: {diff(source, got)}")
-                    log("  PROBLEM: " + self.problems[-1])
-                runs.setdefault(name, []).append(run)
-                for (extra,) in self.q("SELECT datname FROM pg_database"):  # the target and any leftovers
-                    if extra not in baseline:
-                        if extra != target:
-                            self.problems.append(f"{name.format(j=j)} of {db} (run {r}) left database {extra!r}")
-                        self.q(f'DROP DATABASE "{extra}" WITH (FORCE)')
+                runs.setdefault(name, []).append(self.restored(f"{name.format(j=j)} of {db} (run {r})", cmd, target,
+                                                               source, baseline))
         return runs
+
+    def restored(self, label: str, cmd, target: str, source: dict, baseline: set[str]) -> Run:
+        """Measure one restore command into `target`, check the result against the `source`
+        fingerprint (a problem if it differs), and drop the target and anything else it left."""
+        run = self.timed(label.split(" of ")[0], cmd)
+        run.size_mb = self.db_mb(target)
+        got = self.fingerprint(target)
+        if got != source:
+            self.problems.append(f"{label}: the restored database differs from the source: {diff(source, got)}")
+            log("  PROBLEM: " + self.problems[-1])
+        for (extra,) in self.q("SELECT datname FROM pg_database"):  # the target and any leftovers
+            if extra not in baseline:
+                if extra != target:
+                    self.problems.append(f"{label} left database {extra!r}")
+                self.q(f'DROP DATABASE "{extra}" WITH (FORCE)')
+        return run
 
 
 def remove(path: Path) -> None:

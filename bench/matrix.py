@@ -154,18 +154,8 @@ class Matrix(B.Bench):
                     f"{createdb} --maintenance-db={shlex.quote(server)} {target} && {pg_restore} -j {j} -d {turl} {fd}",
                     f"{psql} -X -q -d {shlex.quote(server)} -c 'CREATE DATABASE \"{target}\" TEMPLATE \"{db}\" STRATEGY FILE_COPY'",
                 ][i]
-                run = self.timed(name.format(j=j), cmd)
-                run.size_mb = self.db_mb(target)
-                got = self.fingerprint(target)
-                if got != source:
-                    self.problems.append(f"{name.format(j=j)} of {db} (run {r}) differs from the source: {B.diff(source, got)}")
-                    B.log("  PROBLEM: " + self.problems[-1])
-                runs.setdefault(name, []).append(run)
-                for (extra,) in self.q("SELECT datname FROM pg_database"):
-                    if extra not in baseline:
-                        if extra != target:
-                            self.problems.append(f"{name.format(j=j)} of {db} (run {r}) left database {extra!r}")
-                        self.q(f'DROP DATABASE "{extra}" WITH (FORCE)')
+                runs.setdefault(name, []).append(self.restored(f"{name.format(j=j)} of {db} (run {r})", cmd, target,
+                                                               source, baseline))
         shutil.rmtree(out)
         return {"db": db, "db_mb": self.db_mb(db), "tables": len(source["rows"]), "rows": sum(source["rows"].values()),
                 "medians": B.medians(runs)}
