@@ -193,8 +193,7 @@ def predict(store, service: str, info: dict, rehearsal: history.Record | None, d
     for j in sorted(journal.finished(store, service), key=lambda x: x.started_at, reverse=True):
         if j.mode != "replicate" or j.state != "done" or j.facts.get("freeze_window_seconds") is None:
             continue
-        during = ((j.facts.get("upgrade_during") or {}).get("seconds")) or 0.0
-        overheads.append(float(j.facts["freeze_window_seconds"]) - float(during))
+        overheads.append(float(j.facts["freeze_window_seconds"]) - _revision_seconds(j.facts.get("upgrade_during")))
         if len(overheads) == 5:
             break
     estimate = parts = None
@@ -221,3 +220,14 @@ def predict(store, service: str, info: dict, rehearsal: history.Record | None, d
         out["measured"] = {**measured, "parts": parts, "estimate_seconds": round(estimate, 3) if estimate is not None else None}
     return out
 
+
+
+def _revision_seconds(during: dict | None) -> float:
+    """How long an earlier cutover's in-freeze revisions themselves took, as the rehearsal's
+    durations measure them (the session and catalog captures around them are part of the
+    window's constant part, which `predict` learns); the whole upgrade's time for journals
+    without that detail."""
+    during = during or {}
+    if during.get("measured"):
+        return sum(float(m.get("seconds") or 0.0) for m in during["measured"])
+    return float(during.get("seconds") or 0.0)
