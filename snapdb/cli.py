@@ -506,6 +506,8 @@ def cutover(
             typer.echo(f"  {n}. {step['revision']} {step['file']}: {step['doc']}")
         parts = ", ".join(f"{k} {_secs(v)}" for k, v in (pred.get("parts") or {}).items())
         typer.echo(f"predicted freeze window: {_secs(pred.get('seconds')) if pred.get('seconds') is not None else 'at least ' + _secs(pred.get('at_least_seconds'))} ({parts})")
+        if (pred.get("basis") or {}).get("overhead"):
+            typer.echo(f"  freeze, fence, proof and swap: {pred['basis']['overhead']}")
         typer.echo(f"proof: {p.get('proof')}; database {p.get('size_bytes', 0) / 1e6:.0f} MB")
         rp = p.get("replicate")
         if rp:

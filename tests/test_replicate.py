@@ -5,6 +5,7 @@ in-freeze revisions and the swap inside the freeze), under the load harness (acc
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 import psycopg
@@ -114,10 +115,45 @@ def test_max_freeze_below_the_prediction_refuses_before_freezing(pg, tmp_path, d
     assert r.returncode == 0, r.stderr
     predicted = json.loads(r.stdout)["predicted_seconds"]
     assert predicted > 0
-    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--max-freeze",
-                f"{predicted * 0.5:.3f}")
-    assert r.returncode == 8 and "exceeds --max-freeze" in r.stderr and f"{predicted:.1f} s" in r.stderr, r.stderr
+    # the preflight measures the window's constant part anew on every run, so the refusing run
+    # states a prediction of its own: it must be the one that exceeds the limit
+    limit = round(predicted * 0.3, 3)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--max-freeze", f"{limit}")
+    m = re.search(r"the predicted freeze window \((\d+\.\d+) s\) exceeds --max-freeze ([\d.]+) s", r.stderr)
+    assert r.returncode == 8 and m, r.stderr
+    assert float(m.group(1)) > limit and float(m.group(2)) == limit
     assert not (env.store / "catalog" / "cutovers").exists() or not list((env.store / "catalog" / "cutovers").glob("*/journal.json"))
     assert database_props(pg, env.prod) == props and set(env.databases()) == {env.prod, env.dev}
+    slots, subs = _slots_and_subs(pg, env.prod)
+    assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]
+
+
+def test_first_prediction_is_measured_in_the_preflight(pg, tmp_path, dbname):
+    """Acceptance 3, before any replicate-mode cutover of the service: the window's constant part
+    is predicted from what the preflight timed on A (sessions, fingerprint, locks, counts, ...),
+    not assumed, and measuring changed nothing."""
+    from .dbcompare import database_props
+
+    env = make_env(pg, tmp_path, dbname)
+    props = database_props(pg, env.prod)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    pred = json.loads(r.stdout)["plan"]["prediction"]
+    assert pred["basis"]["overhead"].startswith("measured in the preflight"), pred["basis"]
+    measured = pred["measured"]
+    assert not measured["unmeasured"], measured["unmeasured"]
+    secs = measured["seconds"]
+    for part in ("connect_a", "connect_b", "statement", "fingerprint", "lock", "count", "capture", "journal", "scripts"):
+        assert 0 < secs[part] < 2, (part, secs)
+    assert measured["settings"]["synchronous_commit"] == "off"  # the test cluster's: the fence waits for the WAL writer
+    assert measured["parts"]["wal_flush"] > 0
+    constant = pred["parts"]["freeze, fence, proof and swap"]
+    assert constant == measured["estimate_seconds"] and abs(constant - sum(measured["parts"].values())) < 0.002
+    assert 0.05 < constant < 10 and measured["took_seconds"] < 3
+    assert pred["seconds"] == round(constant + pred["parts"]["revisions inside the freeze"], 3)
+    r = env.cli("cutover", "prod", "--to", "v2.0", "--freeze", "--mode", "replicate", "--dry-run")
+    assert r.returncode == 0 and "measured in the preflight" in r.stdout, r.stdout
+    assert database_props(pg, env.prod) == props and set(env.databases()) == {env.prod, env.dev}
+    assert not (env.store / "catalog" / "cutovers").exists()
     slots, subs = _slots_and_subs(pg, env.prod)
     assert not [s for s in slots if "snapdb" in s] and not [s for s in subs if "snapdb" in s]

@@ -49,9 +49,11 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
         raise ConfigError(f"--freeze-mode must be one of {', '.join(freeze.MODES)}, not {freeze_mode!r}")
     svc = _service(cfg, service)
     ep = svc.admin()
+    t0 = time.perf_counter()
     ledger = Ledger.load(mdir)
     rel = ledger.get(tag)
     with releases.open_scripts(mdir, tag) as scripts:
+        scripts_seconds = time.perf_counter() - t0  # the replicate window reads them again (`rwindow`)
         releases.check_release(rel, scripts)
         with control_session(ep, TargetError) as conn:
             freeze.require_session_visibility(conn)  # the drain and the probes are blind otherwise
@@ -72,7 +74,7 @@ def preflight(cfg: Config, service: str, tag: str, store: Store, mdir: Path, own
                 rep = None
                 if mode == "replicate":
                     rep = _replicate_checks(conn, ep, steps, rehearsal, store, service, svc, drain_timeout,
-                                            max_freeze, to_server)
+                                            max_freeze, to_server, scripts_seconds)
                     problems += rep[0]
                     warnings += rep[1]
             except psycopg.Error as exc:
@@ -120,7 +122,8 @@ def _rehearsal(cfg: Config, store: Store, service: str, svc, tag: str, rel, sysi
                                   lambda server: mf.same_source(server, svc, sysid))
 
 
-def _replicate_checks(conn, ep, steps, rehearsal, store, service, svc, drain_timeout, max_freeze, to_server):
+def _replicate_checks(conn, ep, steps, rehearsal, store, service, svc, drain_timeout, max_freeze, to_server,
+                      scripts_seconds=None):
     from . import rplan
 
     b_conn = None
@@ -137,7 +140,8 @@ def _replicate_checks(conn, ep, steps, rehearsal, store, service, svc, drain_tim
             extra = []
         problems, warnings, info = rplan.check(conn, ep.dbname, steps, rehearsal, store, service,
                                                drain_timeout=drain_timeout, max_freeze=max_freeze, b_conn=b_conn,
-                                               has_swap_hook=bool(svc.hooks.get("after_swap")))
+                                               has_swap_hook=bool(svc.hooks.get("after_swap")), ep=ep, b_ep=to_server,
+                                               scripts_seconds=scripts_seconds)
         return problems + extra, warnings, info
     finally:
         if b_conn is not None:

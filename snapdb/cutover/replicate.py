@@ -41,6 +41,7 @@ Where B lives and snapdb's sessions on A and B are in `rsides`; the swap (step 9
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 
 import psycopg
@@ -302,12 +303,14 @@ def _fence(ctx: run.Context, rep: str) -> None:
         if changed:
             raise TargetError(f"{ctx.dbname!r}'s tables changed while B was built ({changed[0]}): logical "
                               "replication does not carry schema changes")
+        t0 = time.monotonic()
         lsn = proof.wait_flushed(a)
+        flushed = time.monotonic() - t0  # with synchronous_commit off, the WAL writer's delay (`rwindow`)
         with _b(ctx) as b:
             waited = follow.wait_for(a, b, rep, rep, lsn, timeout=max(30.0, float(j.facts.get("drain_timeout", 5))),
                                      poll=0.002)
             follow.stop(b, ctx.maint, rep, rep)
-    j.end(ctx.store, "fence", fence={"lsn": lsn, "waited_seconds": round(waited, 4)})
+    j.end(ctx.store, "fence", fence={"lsn": lsn, "flush_seconds": round(flushed, 4), "waited_seconds": round(waited, 4)})
 
 
 def _schema_diff(before: list, after: list) -> list[str]:

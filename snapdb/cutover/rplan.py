@@ -13,10 +13,15 @@ are raised together with the snapshot-mode preflight's, exit 8). `info` becomes
 - ``changed_tables``: tables any revision changed or inserted into (not counted equal in the
   proof); ``count_preserved``: those of them whose row count the rehearsal showed unchanged
   (counted in the comparison);
-- ``prediction``: the freeze overhead measured by this service's earlier replicate-mode cutovers
-  (median of up to five: window minus what ran inside it), or `DEFAULT_OVERHEAD` without any,
-  plus the rehearsal's durations of the revisions that run inside the freeze. The drain is part
-  of the measured overhead; ``at_most`` adds the whole `drain_timeout`.
+- ``prediction``: the window's constant part plus the rehearsal's durations of the revisions
+  that run inside the freeze. The constant part is learnt from this service's earlier
+  replicate-mode cutovers when there are any (the median of up to five: window minus the time
+  its in-freeze revisions took); before the first, it is predicted from what this preflight
+  timed on A (`rwindow`: sessions, round trips, fingerprint, table locks, the proof's counts,
+  the journal, the fence's WAL flush), and ``basis.overhead`` says which. The preflight's
+  measurements and their estimate are in ``measured`` either way; `DEFAULT_OVERHEAD` is used
+  only when nothing could be measured. The drain is part of the constant; ``at_most`` adds the
+  whole `drain_timeout`.
 
 Requirements (each a problem when missing): ``wal_level = logical``; PostgreSQL 15 or later on
 both sides (column lists, ``disable_on_error``); a superuser admin role (publications of every
@@ -35,8 +40,9 @@ import statistics
 import psycopg
 
 from .. import history
+from ..config import Endpoint
 from ..postgres import large_object_count
-from . import journal
+from . import journal, rwindow
 
 DEFAULT_OVERHEAD = 1.0
 
@@ -47,9 +53,12 @@ def _int(conn: psycopg.Connection, q: str, *args) -> int:
 
 def check(conn: psycopg.Connection, dbname: str, steps: list, rehearsal: history.Record | None, store,
           service: str, *, drain_timeout: float, max_freeze: float | None,
-          b_conn: psycopg.Connection | None = None, has_swap_hook: bool = True) -> tuple[list[str], list[str], dict]:
+          b_conn: psycopg.Connection | None = None, has_swap_hook: bool = True, ep: Endpoint | None = None,
+          b_ep: Endpoint | None = None, scripts_seconds: float | None = None) -> tuple[list[str], list[str], dict]:
     """See module docstring. `conn`: a session on A (autocommit); `b_conn`: one on B's server's
-    maintenance database when the cutover goes to another server."""
+    maintenance database when the cutover goes to another server, `b_ep` that server; `ep`: A's
+    admin endpoint (without it, sessions are not timed); `scripts_seconds`: how long reading the
+    release's scripts took (`rwindow`)."""
     problems: list[str] = []
     warnings: list[str] = []
     level = conn.execute("SHOW wal_level").fetchone()[0]
@@ -119,9 +128,12 @@ def check(conn: psycopg.Connection, dbname: str, steps: list, rehearsal: history
     if b_conn is not None and not has_swap_hook:
         problems.append("a cutover to another server needs an after_swap hook (it repoints the clients: there is no "
                         "rename across servers)")
-    info["prediction"] = predict(store, service, info, rehearsal, drain_timeout)
+    measured = None
+    if ep is not None and not problems:
+        measured = _measure(conn, ep, b_ep, b_conn, info, store, service, scripts_seconds)
+    info["prediction"] = predict(store, service, info, rehearsal, drain_timeout, measured)
     if max_freeze is not None and info["prediction"]["seconds"] > max_freeze:
-        problems.append(f"the predicted freeze window ({info['prediction']['seconds']:.1f} s) exceeds --max-freeze "
+        problems.append(f"the predicted freeze window ({info['prediction']['seconds']:.2f} s) exceeds --max-freeze "
                         f"{max_freeze:g} s")
     return problems, warnings, info
 
@@ -162,22 +174,60 @@ def split(steps: list, rehearsal: history.Record | None, problems: list[str]) ->
             "count_preserved": preserved, "dropped_tables": sorted(dropped), "seconds": seconds}
 
 
-def predict(store, service: str, info: dict, rehearsal: history.Record | None, drain_timeout: float) -> dict:
-    """The predicted freeze window (see module docstring)."""
+def _measure(conn, ep, b_ep, b_conn, info, store, service, scripts_seconds) -> dict:
+    """`rwindow.measure` for this cutover: the tables its proof counts, B's server."""
+    from .replicate import _within_count_budget
+    from .rsides import replicated_tables
+
+    excluded = set(info["changed_tables"])
+    counted, _deferred = _within_count_budget([t for t in replicated_tables(conn) if t.qualname not in excluded])
+    b_db = b_conn.info.dbname if b_conn is not None else None
+    return rwindow.measure(conn, ep, b_ep=b_ep if b_conn is not None else None, b_dbname=b_db, counted=counted,
+                           store=store, journal_key=journal.Journal.key(service), scripts_seconds=scripts_seconds)
+
+
+def predict(store, service: str, info: dict, rehearsal: history.Record | None, drain_timeout: float,
+            measured: dict | None = None) -> dict:
+    """The predicted freeze window (see module docstring); `measured`: `rwindow.measure`'s result."""
     overheads = []
     for j in sorted(journal.finished(store, service), key=lambda x: x.started_at, reverse=True):
         if j.mode != "replicate" or j.state != "done" or j.facts.get("freeze_window_seconds") is None:
             continue
-        during = ((j.facts.get("upgrade_during") or {}).get("seconds")) or 0.0
-        overheads.append(float(j.facts["freeze_window_seconds"]) - float(during))
+        overheads.append(float(j.facts["freeze_window_seconds"]) - _revision_seconds(j.facts.get("upgrade_during")))
         if len(overheads) == 5:
             break
-    overhead = statistics.median(overheads) if overheads else DEFAULT_OVERHEAD
+    estimate = parts = None
+    if measured is not None and measured.get("seconds"):
+        estimate, parts = rwindow.constant(measured, len(info["during"]))
+    if overheads:
+        overhead = statistics.median(overheads)
+        basis = f"median of {len(overheads)} earlier replicate-mode cutover(s)"
+    elif estimate is not None:
+        overhead = estimate
+        basis = ("measured in the preflight (no earlier replicate-mode cutover): sessions, round trips, catalog "
+                 "fingerprint, table locks, the proof's counts, the journal and the WAL flush, scaled by how often "
+                 "the window does each")
+    else:
+        overhead = DEFAULT_OVERHEAD
+        basis = f"no earlier replicate-mode cutover and nothing measured: {DEFAULT_OVERHEAD:g} s assumed"
     revisions = sum(info["seconds"].get(r, 0.0) for r in info["during"])
     seconds = round(overhead + revisions, 3)
-    return {"seconds": seconds, "at_most_seconds": round(seconds + drain_timeout, 3),
-            "parts": {"freeze, fence, proof and swap": round(overhead, 3), "revisions inside the freeze": round(revisions, 3)},
-            "basis": {"overhead": (f"median of {len(overheads)} earlier replicate-mode cutover(s)" if overheads
-                                   else f"no earlier replicate-mode cutover: {DEFAULT_OVERHEAD:g} s assumed"),
-                      "revisions": f"rehearsal {rehearsal.record_id}" if rehearsal else "no rehearsal"},
-            "unknown": []}
+    out = {"seconds": seconds, "at_most_seconds": round(seconds + drain_timeout, 3),
+           "parts": {"freeze, fence, proof and swap": round(overhead, 3), "revisions inside the freeze": round(revisions, 3)},
+           "basis": {"overhead": basis, "revisions": f"rehearsal {rehearsal.record_id}" if rehearsal else "no rehearsal"},
+           "unknown": []}
+    if measured is not None:
+        out["measured"] = {**measured, "parts": parts, "estimate_seconds": round(estimate, 3) if estimate is not None else None}
+    return out
+
+
+
+def _revision_seconds(during: dict | None) -> float:
+    """How long an earlier cutover's in-freeze revisions themselves took, as the rehearsal's
+    durations measure them (the session and catalog captures around them are part of the
+    window's constant part, which `predict` learns); the whole upgrade's time for journals
+    without that detail."""
+    during = during or {}
+    if during.get("measured"):
+        return sum(float(m.get("seconds") or 0.0) for m in during["measured"])
+    return float(during.get("seconds") or 0.0)
