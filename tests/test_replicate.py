@@ -59,6 +59,10 @@ def test_replicate_cutover_under_load(pg, tmp_path, dbname):
     assert names == 0  # the in-freeze revision ran on B's final rows
     assert any(x[3] == a_oid for x in acks.on) and any(x[3] != a_oid for x in acks.on)
     assert res["proof"]["unchanged"] and res["proof"]["counts"]["tables"] > 0
+    # the proof decoded A's WAL from the freeze point with a slot of its own (the replication slot's
+    # LSN once took its place in the journal, and the WAL check was skipped without a word)
+    assert receipt["proof_slot"] and receipt["slot_lsn"] and receipt["rep_slot_lsn"], receipt
+    assert res["proof"]["by"] == "decoded WAL and catalog fingerprint", res["proof"]
     assert res["compare"]["matches"], res["compare"]
     assert receipt["fence"]["lsn"] and receipt["sequences"]["set"] >= 3
     assert receipt["upgrade_before_freeze"]["revisions"] == ["7d2e4b8c1a21"]

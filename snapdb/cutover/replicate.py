@@ -156,7 +156,7 @@ def _build(ctx: run.Context, rep: str) -> None:
                           release_probe=ctx.release_probe, reporter=ctx.reporter, pin=pin)
     finally:
         pin.close()
-    j.note(ctx.store, snapshot_id=m.id, slot_lsn=pin.slot.lsn if pin.slot else None)
+    j.note(ctx.store, snapshot_id=m.id, rep_slot_lsn=pin.slot.lsn if pin.slot else None)  # not slot_lsn: the proof slot's (run._freeze)
     server = b_server(ctx)
     b = Build(ctx.store, m, server, ctx.dbname, jobs=ctx.jobs, maintenance_db=ctx.maintenance_db, verify="full",
               options=RestoreOptions(), reporter=ctx.reporter, lock=not same_server(ctx), operation="cutover")
@@ -409,7 +409,8 @@ def _prove(ctx: run.Context) -> None:
     if diff:
         raise TargetError(f"row counts differ between the frozen database and the new one: {diff[0]}"
                           + (f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""))
-    j.end(ctx.store, "prove", proof={"unchanged": True, "by": "decoded WAL and catalog fingerprint",
+    how = "decoded WAL and catalog fingerprint" if j.facts.get("slot") else "catalog fingerprint and table locks"
+    j.end(ctx.store, "prove", proof={"unchanged": True, "by": how, "slot_missing": j.facts.get("slot_missing"),
                                      "counts": {"tables": len(counted), "rows": sum(res["a"].values()),
                                                 "not_counted": sorted(excluded),
                                                 "deferred_to_compare": deferred}})
@@ -509,7 +510,8 @@ def _finish(ctx: run.Context) -> None:
         "server": {"host": ctx.ep.host, "port": ctx.ep.port}, "tag": j.tag, "mode": j.mode,
         "to_server": {"host": b_server(ctx).host, "port": b_server(ctx).port} if not same_server(ctx) else None,
         "release": (f.get("plan") or {}).get("revision"), "checksum": (f.get("plan") or {}).get("checksum"),
-        "snapshot_id": f.get("snapshot_id"), "slot_lsn": f.get("slot_lsn"), "freeze_mode": j.freeze_mode,
+        "snapshot_id": f.get("snapshot_id"), "rep_slot_lsn": f.get("rep_slot_lsn"), "proof_slot": f.get("slot"),
+        "slot_lsn": f.get("slot_lsn"), "freeze_mode": j.freeze_mode,
         "freeze_point": run._strip(f.get("freeze_point")), "fence": f.get("fence"), "sequences": f.get("sequences"),
         "probes": f.get("probes"), "drain": f.get("drained"), "proof": f.get("proof"), "compare": f.get("compare"),
         "upgrade_before_freeze": f.get("upgrade_before"), "upgrade_during_freeze": f.get("upgrade_during"),
