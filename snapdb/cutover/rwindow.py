@@ -57,6 +57,7 @@ from psycopg import sql
 
 from ..config import Endpoint
 from ..errors import SnapdbError, TargetError
+from ..hold import LOCKABLE_SQL
 from ..postgres import connect
 
 #: how often the window does each measured thing (see module docstring); ``capture`` is per
@@ -84,12 +85,7 @@ LOCK_WAIT = 1.0
 #: seconds, the fastest pass kept
 SLOW_PASS, MAX_PASSES, MAX_MEASURE = 1.0, 3, 3.0
 
-_LOCKABLE = """SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-    ORDER BY c.oid"""
+_LOCKABLE = LOCKABLE_SQL  # the tables a freeze locks (hold.TableHold's list)
 
 
 def _lock_all(conn: psycopg.Connection) -> None:
