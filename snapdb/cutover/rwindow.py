@@ -73,6 +73,12 @@ REPEATS = {"connect_a": 7, "connect_b": 8, "statement": 50, "fingerprint": 4, "l
 #: on the shared 2-core machine (docs/replicate-window.md, "The first prediction"): the Python
 #: work between statements and the heavier statements are what it adds
 CALIBRATION = 1.5
+#: the proof's WAL decoding inside the window: `PROOF_PEEKS` peeks of the proof slot, each a
+#: WAL-flush wait plus `DECODE_SECONDS` of logical decoding start-up (calibrated on 3 first
+#: cutovers of fresh services, quiet machine, 2026-12-01: window − measured constant − fence
+#: flush ≈ 0.57 s, less two flush waits ≈ 0.33 s for the two peeks)
+PROOF_PEEKS = 2
+DECODE_SECONDS = 0.16
 #: the fence's WAL-flush wait as a share of ``wal_writer_delay`` when ``synchronous_commit`` is
 #: off (the freeze's own commits then wait for the WAL writer, which flushes at most once a
 #: delay): 0.11-0.14 s was measured at 200 ms on a quiet machine, idle and under 8 writers
@@ -253,4 +259,7 @@ def constant(measured: dict, revisions_inside: int) -> tuple[float, dict]:
             times = n * (revisions_inside if part == "capture" else 1)
             parts[part] = CALIBRATION * times * secs[part]
     parts["wal_flush"] = flush_wait(measured.get("settings") or {})
+    # the proof decodes A's WAL twice (after the fence, and once A is closed), each after waiting
+    # for the WAL to be flushed: not measurable without a slot, which the preflight may not create
+    parts["proof_decode"] = PROOF_PEEKS * (flush_wait(measured.get("settings") or {}) + DECODE_SECONDS)
     return sum(parts.values()), {k: round(v, 4) for k, v in parts.items()}
