@@ -377,10 +377,11 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
     session = Session(source, SourceError, encoding=encoding, snapshot=exported, release_locks=True)  # main holds them
     files = plan_files(tables, jobs, version_num)
     refs = [TableRef(t.schema, t.name, t.columns) for t in tables]
-    remaining = [0] * len(tables)
+    parts_of = [0] * len(tables)  # files holding each table (its page-range parts, or 1)
     for _path, segs in files:
         for i, _pages in segs:
-            remaining[i] += 1
+            parts_of[i] += 1
+    remaining = list(parts_of)
 
     def done(index: int, _result) -> None:
         for i, _pages in files[index][1]:
@@ -390,8 +391,7 @@ def _copy_tables(pool, source, store, snap_id, tables, encoding, exported, jobs,
                 faults.checkpoint("snapshot:table-copied")
 
     tasks = [(session, store, mf.key(snap_id, path), path, [(refs[i], pages) for i, pages in segs]) for path, segs in files]
-    weights = [sum(tables[i].data_bytes // len(plan_parts(tables[i], jobs, version_num)) if pages is not None
-                   else tables[i].data_bytes for i, pages in segs) for _path, segs in files]
+    weights = [sum(tables[i].data_bytes // parts_of[i] for i, _pages in segs) for _path, segs in files]
     results = pool.run_items(dump_pack, tasks, weights, on_done=done)
     parts: list[list[dict]] = [[] for _ in tables]
     file_entries: list[list] = [[] for _ in tables]

@@ -91,7 +91,6 @@ LOCK_WAIT = 1.0
 #: seconds, the fastest pass kept
 SLOW_PASS, MAX_PASSES, MAX_MEASURE = 1.0, 3, 3.0
 
-_LOCKABLE = LOCKABLE_SQL  # the tables a freeze locks (hold.TableHold's list)
 
 
 def _lock_all(conn: psycopg.Connection) -> None:
@@ -101,7 +100,7 @@ def _lock_all(conn: psycopg.Connection) -> None:
     try:
         with conn.transaction(force_rollback=True):
             conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{int(LOCK_WAIT * 1000)}ms",))
-            tables = conn.execute(_LOCKABLE).fetchall()
+            tables = conn.execute(LOCKABLE_SQL).fetchall()  # the tables a freeze locks (hold.TableHold's list)
             for i in range(0, len(tables), 200):
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
                     sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(s, n)) for s, n in tables[i:i + 200])))
