@@ -24,11 +24,11 @@ from __future__ import annotations
 import time
 
 import psycopg
-from psycopg import sql
 
 from .config import Endpoint
 from .errors import SnapdbError
 from .postgres import connect, first_line, keep_session_alive
+from .relations import lock_statements
 
 LOCKABLE_SQL = """SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -66,10 +66,8 @@ class TableHold:
             self.conn.execute("SET LOCAL lock_timeout = '2s'")
             tables = [(s, n) for s, n in self.conn.execute(LOCKABLE_SQL).fetchall()]
             try:
-                for i in range(0, len(tables), 200):
-                    self.conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
-                        sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(s, n)) for s, n in tables[i:i + 200]),
-                        sql.SQL(self.mode)))
+                for stmt in lock_statements(tables, self.mode):
+                    self.conn.execute(stmt)
                 self.conn.execute("SET LOCAL lock_timeout = '0'")
                 self.tables = tables
                 return

@@ -128,6 +128,14 @@ def list_tables(conn: psycopg.Connection, *, skip_unlogged: bool = False) -> tup
     return tables, skipped
 
 
+def lock_statements(tables: list[tuple[str, str]], mode: str) -> list[sql.Composed]:
+    """``LOCK TABLE ONLY … IN <mode> MODE`` for (schema, name) `tables`, 200 tables per statement."""
+    return [sql.SQL("LOCK TABLE {} IN {} MODE").format(
+                sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(s, n)) for s, n in tables[i:i + 200]),
+                sql.SQL(mode))
+            for i in range(0, len(tables), 200)]
+
+
 def lock_tables(
     conn: psycopg.Connection,
     *,
@@ -150,9 +158,8 @@ def lock_tables(
         checkpoint("snapshot:tables-listed")
         conn.autocommit = False
         try:
-            for i in range(0, len(before), 200):
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                    sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(s, n)) for _, s, n in before[i:i + 200])))
+            for stmt in lock_statements([(s, n) for _, s, n in before], "ACCESS SHARE"):
+                conn.execute(stmt)
             if before_snapshot is not None:
                 before_snapshot(conn)
             after = lockable(conn)  # the first statement that takes the snapshot

@@ -53,12 +53,12 @@ import time
 from dataclasses import asdict
 
 import psycopg
-from psycopg import sql
 
 from ..config import Endpoint
 from ..errors import SnapdbError, TargetError
 from ..hold import LOCKABLE_SQL
 from ..postgres import connect
+from ..relations import lock_statements
 
 #: how often the window does each measured thing (see module docstring); ``capture`` is per
 #: revision inside the freeze
@@ -101,9 +101,8 @@ def _lock_all(conn: psycopg.Connection) -> None:
         with conn.transaction(force_rollback=True):
             conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{int(LOCK_WAIT * 1000)}ms",))
             tables = conn.execute(LOCKABLE_SQL).fetchall()  # the tables a freeze locks (hold.TableHold's list)
-            for i in range(0, len(tables), 200):
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                    sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(s, n)) for s, n in tables[i:i + 200])))
+            for stmt in lock_statements([tuple(t) for t in tables], "ACCESS SHARE"):
+                conn.execute(stmt)
     except psycopg.errors.LockNotAvailable:
         pass
 
