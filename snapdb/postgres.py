@@ -8,6 +8,7 @@ names. Connection failures become the caller's error class with libpq's first me
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import psycopg
@@ -582,6 +583,23 @@ def terminate_sessions(conn: psycopg.Connection, dbname: str) -> int:
         (dbname,),
     ).fetchall()
     return len(rows)
+
+
+def wait_sessions_gone(conn: psycopg.Connection, dbname: str, timeout: float = 1.0, poll: float = 0.002) -> bool:
+    """Wait until no session but `conn`'s own is on `dbname`, at most `timeout` seconds; True when
+    none is left. A session just terminated or closed by its client is still there while its
+    backend exits (releasing its locks takes a moment), and ``ALTER DATABASE … RENAME`` / ``DROP
+    DATABASE`` wait for it in steps of 100 ms: polling first costs milliseconds instead. Works
+    inside a transaction too (the activity snapshot is cleared before each look)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        if not conn.execute("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = %s "
+                            "AND pid <> pg_catalog.pg_backend_pid() LIMIT 1", (dbname,)).fetchone():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
 
 
 def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:

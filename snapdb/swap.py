@@ -31,11 +31,15 @@ from psycopg import sql
 from . import manifest as mf, names
 from .config import Endpoint
 from .errors import IntegrityError, RefusedError, SnapdbError, TargetError
-from .postgres import connect, database_exists, drop_database, first_line, list_databases, rename_database, terminate_sessions
+from .postgres import (connect, database_exists, drop_database, first_line, list_databases, rename_database,
+                       terminate_sessions, wait_sessions_gone)
 
 log = logging.getLogger(__name__)
 
 SWAP_ATTEMPTS = 5
+#: how long a swap waits for the sessions it ended to be gone before renaming (the rename itself
+#: would wait for them in steps of 100 ms, inside the freeze window of a cutover)
+SESSION_EXIT_WAIT = 0.5
 
 
 @dataclass
@@ -128,8 +132,10 @@ def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *
                     recheck(conn)
                 if existed:
                     terminate_sessions(conn, target)
+                    wait_sessions_gone(conn, target, timeout=SESSION_EXIT_WAIT)
                     rename_database(conn, target, prev)
                 terminate_sessions(conn, build)
+                wait_sessions_gone(conn, build, timeout=SESSION_EXIT_WAIT)
                 rename_database(conn, build, target)
                 row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (target,)).fetchone()
                 if row is None or int(row[0]) != build_oid:

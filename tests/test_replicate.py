@@ -149,8 +149,8 @@ def test_first_prediction_is_measured_in_the_preflight(pg, tmp_path, dbname):
     secs = measured["seconds"]
     for part in ("connect_a", "connect_b", "statement", "fingerprint", "lock", "count", "capture", "journal", "scripts"):
         assert 0 < secs[part] < 2, (part, secs)
-    assert measured["settings"]["synchronous_commit"] == "off"  # the test cluster's: the fence waits for the WAL writer
-    assert measured["parts"]["wal_flush"] > 0
+    assert measured["settings"]["synchronous_commit"] == "off"  # the test cluster's (the window forces its flushes)
+    assert 0 < measured["parts"]["wal_flush"] < 0.1
     constant = pred["parts"]["freeze, fence, proof and swap"]
     assert constant == measured["estimate_seconds"] and abs(constant - sum(measured["parts"].values())) < 0.002
     assert 0.05 < constant < 10 and measured["took_seconds"] < 3

@@ -4,9 +4,10 @@ Two independent proofs, both recorded in the receipt:
 
 - **Decoded WAL** (when the server can do logical decoding: ``wal_level = logical``, a free
   replication slot, and a role with REPLICATION or superuser): a logical slot on A
-  (``test_decoding``) is created before the freeze starts. Before the swap, after waiting until
-  the WAL is flushed past every commit so far (with ``synchronous_commit = off`` an acknowledged
-  commit may not be flushed yet, and decoding reads only flushed WAL), its changes are peeked:
+  (``test_decoding``) is created before the freeze starts. Before the swap, once the WAL is
+  flushed past every commit so far (with ``synchronous_commit = off`` an acknowledged commit may
+  not be flushed yet, and decoding reads only flushed WAL; the flush is forced, `force_flush`,
+  rather than waited for), its changes are peeked:
   any transaction with a row change in A that committed after the freeze point's LSN is a write
   A took during the freeze. This sees every INSERT, UPDATE, DELETE and TRUNCATE, in tables old and
   new, whoever made it.
@@ -64,21 +65,48 @@ def create_slot(conn: psycopg.Connection, name: str, timeout: float) -> tuple[st
         return None, first_line(exc)
 
 
-def wait_flushed(conn: psycopg.Connection, timeout: float = 30.0) -> str:
-    """Wait until the WAL is flushed past everything inserted so far; return that LSN."""
+#: the prefix of the logical message `force_flush` commits (in a database other than A's, so
+#: that no decoding of A sees it; `writes_after` ignores it anyway)
+FLUSH_PREFIX = "snapdb.flush"
+
+
+def force_flush(conn: psycopg.Connection) -> bool:
+    """Make the server flush its WAL now, past everything inserted so far: a transactional logical
+    message (empty, prefix `FLUSH_PREFIX`, in `conn`'s database) committed with
+    ``synchronous_commit = on``, whose commit flushes the WAL up to itself. It changes no table,
+    sequence or catalog row; it takes a transaction ID. With ``synchronous_commit = off`` (or a
+    commit that wrote no WAL) the server's own flush waits for the WAL writer, which flushes at
+    most once per ``wal_writer_delay``; this costs a round trip instead. False when the session
+    cannot (then the caller waits for the WAL writer)."""
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")
+            conn.execute("SELECT pg_catalog.pg_logical_emit_message(true, %s, '')", (FLUSH_PREFIX,))
+        return True
+    except psycopg.Error:
+        return False
+
+
+def wait_flushed(conn: psycopg.Connection, timeout: float = 30.0, flush_via: psycopg.Connection | None = None) -> str:
+    """Wait until the WAL is flushed past everything inserted so far; return that LSN. With
+    `flush_via` (a session on the same server, outside any transaction; best in another database
+    than the one being proved), the flush is forced through it first (`force_flush`)."""
     target = conn.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").fetchone()[0]
+    if flush_via is not None:
+        force_flush(flush_via)
     deadline = time.monotonic() + timeout
     while not conn.execute("SELECT pg_catalog.pg_current_wal_flush_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
         if time.monotonic() > deadline:
             raise TargetError("the WAL was not flushed within 30 s; cannot prove the freeze")
-        time.sleep(0.01)
+        time.sleep(0.005)
     return target
 
 
-def writes_after(conn: psycopg.Connection, slot: str, freeze_lsn: str, limit: int = 20) -> list[str]:
+def writes_after(conn: psycopg.Connection, slot: str, freeze_lsn: str, limit: int = 20,
+                 flush_via: psycopg.Connection | None = None) -> list[str]:
     """Row changes in A that committed after `freeze_lsn`, as decoded (at most `limit` lines);
-    the slot is only peeked, never advanced."""
-    wait_flushed(conn)
+    the slot is only peeked, never advanced. `flush_via`: see `wait_flushed`."""
+    wait_flushed(conn, flush_via=flush_via)
     rows = conn.execute(
         "SELECT lsn::text, data FROM pg_catalog.pg_logical_slot_peek_changes(%s, NULL, NULL, "
         "'skip-empty-xacts', '1', 'include-xids', '0')", (slot,)).fetchall()
@@ -91,11 +119,14 @@ def writes_after(conn: psycopg.Connection, slot: str, freeze_lsn: str, limit: in
             if pending and _after(conn, lsn, freeze_lsn):
                 out.extend(pending[: limit - len(out)])
             pending = []
-        else:
+        elif not data.startswith(_OWN_MESSAGE):
             pending.append(data)
         if len(out) >= limit:
             break
     return out
+
+
+_OWN_MESSAGE = f"message: transactional: 1 prefix: {FLUSH_PREFIX},"
 
 
 def _after(conn: psycopg.Connection, lsn: str, freeze_lsn: str) -> bool:

@@ -304,7 +304,7 @@ def _fence(ctx: run.Context, rep: str) -> None:
             raise TargetError(f"{ctx.dbname!r}'s tables changed while B was built ({changed[0]}): logical "
                               "replication does not carry schema changes")
         t0 = time.monotonic()
-        lsn = proof.wait_flushed(a)
+        lsn = proof.wait_flushed(a, flush_via=ctx.maint)
         flushed = time.monotonic() - t0  # with synchronous_commit off, the WAL writer's delay (`rwindow`)
         with _b(ctx) as b:
             waited = follow.wait_for(a, b, rep, rep, lsn, timeout=max(30.0, float(j.facts.get("drain_timeout", 5))),

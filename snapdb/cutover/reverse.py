@@ -173,7 +173,7 @@ def rollback(cfg: Config, service: str, store: Store, j: journal.Journal, *, job
                     lsn = b.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").fetchone()[0]
                     from .proof import wait_flushed
 
-                    wait_flushed(b)
+                    wait_flushed(b, flush_via=maint)
                     waited = follow.wait_for(b, a, rev, rev, lsn, timeout=60.0, poll=0.002)
                     follow.stop(a, maint, rev, rev)
                     follow.drop_publication(b, rev)

@@ -340,11 +340,15 @@ def _changes_since_freeze(ctx: Context, session: psycopg.Connection | None = Non
     point = j.facts["freeze_point"]
     out = proof.diff(point["fingerprint"], proof.fingerprint(ctx.hold.conn, since=point["fingerprint"]))
     if j.facts.get("slot"):
+        def decoded(conn: psycopg.Connection) -> list[str]:
+            return [f"row change after the freeze: {w}"
+                    for w in proof.writes_after(conn, j.facts["slot"], point["lsn"], flush_via=ctx.maint)]
+
         if session is not None:
-            out += [f"row change after the freeze: {w}" for w in proof.writes_after(session, j.facts["slot"], point["lsn"])]
+            out += decoded(session)
         else:
             with _proof_session(ctx) as conn:
-                out += [f"row change after the freeze: {w}" for w in proof.writes_after(conn, j.facts["slot"], point["lsn"])]
+                out += decoded(conn)
         if j.facts.get("locks_lost") and j.done("snapshot") and not final:
             out += _unlogged_changes(ctx)
     elif j.done("snapshot") and not final:  # no decoding: compare A's rows with the snapshot, in full

@@ -6,8 +6,9 @@ Apart from the revisions that run inside it, the window (freeze applied to the f
 the new database that can write) does the same work at every cutover: `COUNTS` says how often it
 does each thing below, as counted by profiling a same-server cutover of the test service
 (docs/replicate-window.md, "The first prediction"). `measure` times each on A, now, as often as
-the window does it (`REPEATS`: fewer round trips), and keeps each part's median, so that one
-slow moment does not decide (a pass that met a stall of the machine is done again):
+the window does it (`REPEATS`: fewer round trips), in `PASSES` passes, and keeps each part's
+median and its fastest time (what the prediction uses), so that one slow moment does not decide (a pass that met a stall of the machine is done
+again); it also counts the client sessions on A, which the freeze drains and the swap ends:
 
 - ``connect_a`` / ``connect_b``: opening a session on A's server / on B's (B's is A's figure
   when B is built on A's server);
@@ -29,16 +30,15 @@ slow moment does not decide (a pass that met a stall of the machine is done agai
 - ``scripts``: reading the release's scripts and ledger (timed by the caller, `api.preflight`;
   the window reads them twice).
 
-`constant` is `CALIBRATION` × the sum of count × measured time, plus the fence's wait for A's WAL
-to be flushed (`flush_wait`). The calibration stands for what the measured parts leave out (the
+`constant` is `CALIBRATION` × the sum of count × fastest measured time, plus the window's forced WAL flushes
+and WAL decodings (`FLUSHES`). The calibration stands for what the measured parts leave out (the
 Python work between statements, statements heavier than the lookups measured);
 docs/replicate-window.md has the runs it was fitted on and how well it predicts fresh services.
 
 Contract: `measure` changes nothing (it opens and closes sessions, reads, rolls back, and writes
-only a temporary file that never has a name), takes a fraction of a second on a small database
-and at most about one more for the counts of a large one (their budget is
-`replicate.COUNT_BUDGET_BYTES`; passes done again after a stall stop after `MAX_MEASURE`
-seconds), and never raises for a measurement that fails: that part is
+only a temporary file that never has a name), takes about a second on a small database (no pass
+starts after `MAX_MEASURE` seconds) and at most about one more for the counts of a large one
+(their budget is `replicate.COUNT_BUDGET_BYTES`), and never raises for a measurement that fails: that part is
 left out of the estimate and named in ``unmeasured``.
 """
 
@@ -68,28 +68,30 @@ COUNTS = {"connect_a": 7, "connect_b": 8, "statement": 150, "fingerprint": 4, "l
 #: the scripts, which the caller reads once); their median is what `constant` multiplies
 REPEATS = {"connect_a": 7, "connect_b": 8, "statement": 50, "fingerprint": 4, "lock": 2, "count": 1,
            "journal": 17, "capture": 2}
-#: the window's constant part (less the WAL flush) over the measured parts × `COUNTS`: its
-#: median over 21 cutovers of fresh test services, 12 idle (1.54) and 9 under 8 writers (1.58),
-#: on the shared 2-core machine (docs/replicate-window.md, "The first prediction"): the Python
-#: work between statements and the heavier statements are what it adds
-CALIBRATION = 1.5
-#: the proof's WAL decoding inside the window: `PROOF_PEEKS` peeks of the proof slot, each a
-#: WAL-flush wait plus `DECODE_SECONDS` of logical decoding start-up (calibrated on 3 first
-#: cutovers of fresh services, quiet machine, 2026-12-01: window − measured constant − fence
-#: flush ≈ 0.57 s, less two flush waits ≈ 0.33 s for the two peeks)
-PROOF_PEEKS = 2
-DECODE_SECONDS = 0.16
-#: the fence's WAL-flush wait as a share of ``wal_writer_delay`` when ``synchronous_commit`` is
-#: off (the freeze's own commits then wait for the WAL writer, which flushes at most once a
-#: delay): 0.11-0.14 s was measured at 200 ms on a quiet machine, idle and under 8 writers
-FLUSH_SHARE = 0.6
+#: the window's constant part (less the WAL flushes) over Σ `COUNTS` × each part's fastest
+#: measured time: the fastest, not the median, because the preflight runs while the writers do
+#: and the window while the freeze holds them (idle, a median measured under 8 writers was twice
+#: the idle one, the fastest about the same). Fitted on the first cutovers of fresh test services,
+#: quiet machine, 2026-12-01 (docs/replicate-window.md, "The first prediction"): 2.35 idle and
+#: 2.44 under 8 writers (over the median times: 1.66 idle, 1.39 under writers). What it adds is
+#: the Python work between statements and the statements heavier than the lookups measured
+CALIBRATION = 2.4
+#: the WAL flushes and decodings inside the window: the fence and the proof's two peeks of the
+#: proof slot each force A's server to flush its WAL (`proof.force_flush`, a round trip: they
+#: no longer wait for the WAL writer), and each peek starts logical decoding of the few records
+#: since the freeze point: `FLUSHES` × `FLUSH_SECONDS`, a few milliseconds each on a quiet machine
+#: (profiled, 2026-12-01: 0.002-0.005 s per peek, flush included)
+FLUSHES = 3
+FLUSH_SECONDS = 0.004
 #: the longest the lock measurement waits for a DDL statement's lock
 LOCK_WAIT = 1.0
-#: a pass over the parts (the counts aside, timed once after them) normally takes a few tenths
-#: of a second; one slower than `SLOW_PASS` met a stall of the machine (seconds of it were seen
-#: on the shared test machine) and is done again, up to `MAX_PASSES` passes and `MAX_MEASURE`
-#: seconds, the fastest pass kept
-SLOW_PASS, MAX_PASSES, MAX_MEASURE = 1.0, 3, 3.0
+#: `PASSES` passes are made over the parts (the counts aside, timed once after them), each
+#: normally a few tenths of a second, and each part's figure is the median of the passes' (one
+#: pass's figures vary by ±20% on the shared machine; three by about half that); a pass slower
+#: than `SLOW_PASS` met a stall of the machine (seconds of it were seen on the shared test
+#: machine) and one more is made, the slowest left out, up to `MAX_PASSES` passes; no pass starts
+#: after `MAX_MEASURE` seconds
+PASSES, SLOW_PASS, MAX_PASSES, MAX_MEASURE = 3, 1.0, 4, 2.0
 
 
 
@@ -186,19 +188,33 @@ def measure(conn: psycopg.Connection, ep: Endpoint, *, b_ep: Endpoint | None, b_
         ("journal", journal_rewrite),
     ]
     passes = []
-    while True:
+    while True:  # PASSES passes, and one more for a pass that met a stall, within MAX_MEASURE
         t0 = time.perf_counter()
         passes.append(_pass(parts, b_ep is None))
         slow = time.perf_counter() - t0 > SLOW_PASS
-        if not slow or len(passes) == MAX_PASSES or time.perf_counter() - began > MAX_MEASURE:
+        if len(passes) >= MAX_PASSES or time.perf_counter() - began > MAX_MEASURE:
             break
-    out, means, unmeasured = min(passes, key=lambda p: _weighted(p[0]))
-    counts, _means, failed = _pass([("count", lambda: count_tables([conn], counted))], True)  # once: the heaviest
+        if len(passes) >= PASSES and not slow:
+            break
+    kept = sorted(passes, key=lambda p: _weighted(p[0]))[:PASSES]  # a stalled pass is the one left out
+    out = {k: statistics.median(p[0][k] for p in kept if k in p[0]) for k in kept[0][0]}
+    low = {k: min(p[2][k] for p in kept if k in p[2]) for k in kept[0][2]}
+    means = {k: statistics.fmean(p[1][k] for p in kept if k in p[1]) for k in kept[0][1]}
+    unmeasured = sorted({u for p in kept for u in p[3]})
+    counts, _means, _low, failed = _pass([("count", lambda: count_tables([conn], counted))], True)  # once: the heaviest
     out.update(counts)
     means.update(_means)
+    low.update(_low)
     unmeasured += failed
     if scripts_seconds is not None:
-        out["scripts"] = means["scripts"] = scripts_seconds
+        out["scripts"] = means["scripts"] = low["scripts"] = scripts_seconds
+    try:  # the client sessions the freeze will drain and the swap end
+        sessions = int(conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' "
+            "AND pid <> pg_catalog.pg_backend_pid()", (dbname,)).fetchone()[0])
+    except psycopg.Error as exc:
+        sessions = 0
+        unmeasured.append(f"sessions: {str(exc).splitlines()[0]}")
     settings = {}
     try:
         settings["synchronous_commit"] = conn.execute("SHOW synchronous_commit").fetchone()[0]
@@ -207,14 +223,16 @@ def measure(conn: psycopg.Connection, ep: Endpoint, *, b_ep: Endpoint | None, b_
     except psycopg.Error as exc:
         unmeasured.append(f"settings: {str(exc).splitlines()[0]}")
     return {"seconds": {k: round(v, 6) for k, v in out.items()}, "mean_seconds": {k: round(v, 6) for k, v in means.items()},
+            "low_seconds": {k: round(v, 6) for k, v in low.items()}, "sessions": sessions,
             "unmeasured": unmeasured, "settings": settings, "passes": len(passes),
             "took_seconds": round(time.perf_counter() - began, 3)}
 
 
-def _pass(parts: list, same_server: bool) -> tuple[dict, dict, list]:
-    """One pass over `parts`: (median seconds of one, mean seconds of one, what failed)."""
+def _pass(parts: list, same_server: bool) -> tuple[dict, dict, dict, list]:
+    """One pass over `parts`: (median seconds of one, mean seconds of one, fastest one, what failed)."""
     out: dict[str, float] = {}
     means: dict[str, float] = {}
+    low: dict[str, float] = {}
     unmeasured: list[str] = []
     for part, fn in parts:
         if part == "connect_b" and same_server:
@@ -227,37 +245,27 @@ def _pass(parts: list, same_server: bool) -> tuple[dict, dict, list]:
                 times.append(time.perf_counter() - t0)
             # the median: one stall of the machine (an fsync behind another's writes, a session
             # that waited for a core) says little about the window, seconds later
-            out[part], means[part] = statistics.median(times), statistics.fmean(times)
+            out[part], means[part], low[part] = statistics.median(times), statistics.fmean(times), min(times)
         except (SnapdbError, psycopg.Error, OSError) as exc:
             unmeasured.append(f"{part}: {getattr(exc, 'message', None) or str(exc).splitlines()[0]}")
     if same_server and "connect_a" in out:
-        out["connect_b"], means["connect_b"] = out["connect_a"], means["connect_a"]
-    return out, means, unmeasured
+        out["connect_b"], means["connect_b"], low["connect_b"] = out["connect_a"], means["connect_a"], low["connect_a"]
+    return out, means, low, unmeasured
 
 
 def _weighted(secs: dict) -> float:
     return sum(n * secs[p] for p, n in COUNTS.items() if p in secs)
 
 
-def flush_wait(settings: dict) -> float:
-    """The fence's expected wait for A's WAL to be flushed past the freeze's own commits: with
-    ``synchronous_commit = off`` they wait for the WAL writer (`FLUSH_SHARE` of its
-    ``wal_writer_delay``); otherwise each commit flushed itself."""
-    if settings.get("synchronous_commit") != "off":
-        return 0.0
-    return FLUSH_SHARE * settings.get("wal_writer_delay_ms", 200) / 1000.0
-
-
 def constant(measured: dict, revisions_inside: int) -> tuple[float, dict]:
     """The window's predicted constant part from `measure`'s result, and its parts (seconds)."""
-    secs = measured["seconds"]
+    secs = measured.get("low_seconds") or measured["seconds"]
     parts = {}
     for part, n in COUNTS.items():
         if part in secs:
             times = n * (revisions_inside if part == "capture" else 1)
             parts[part] = CALIBRATION * times * secs[part]
-    parts["wal_flush"] = flush_wait(measured.get("settings") or {})
-    # the proof decodes A's WAL twice (after the fence, and once A is closed), each after waiting
-    # for the WAL to be flushed: not measurable without a slot, which the preflight may not create
-    parts["proof_decode"] = PROOF_PEEKS * (flush_wait(measured.get("settings") or {}) + DECODE_SECONDS)
+    # the fence's and the proof's forced WAL flushes, and the proof's two decodings: not measurable
+    # without a slot, which the preflight does not create
+    parts["wal_flush"] = FLUSHES * FLUSH_SECONDS
     return sum(parts.values()), {k: round(v, 4) for k, v in parts.items()}
