@@ -92,6 +92,7 @@ def run_size(c: Cluster, work: Path, label: str, template: str, rounds: int, wri
                 freeze_at = datetime.datetime.fromisoformat(receipt["freeze_point"]["at"]).timestamp()
                 with c.connect(prod) as conn:
                     problems += check(acks, conn, a_oid, freeze_at)
+                res["swap_parts"] = receipt.get("swap_parts") or {}
                 if not (res.get("compare") or {}).get("matches"):
                     problems.append("set-aside database differs")
             if res and mode == "replicate":  # end the rollback window (reverse replication) before the next round
@@ -106,7 +107,7 @@ def run_size(c: Cluster, work: Path, label: str, template: str, rounds: int, wri
                         "parts": (res.get("window_parts") or {}), "problems": problems})
             log(f"{label} {mode} round {rnd + 1}/{rounds}: unavailable {gap:.2f} s, window "
                 f"{res.get('freeze_window_seconds')} s (predicted {res.get('predicted_seconds')}), wall {wall:.0f} s, "
-                f"{acks.total} acks, problems {problems or 'none'}")
+                f"{acks.total} acks, problems {problems or 'none'}; swap: {(res or {}).get('swap_parts')}")
     return out
 
 

@@ -37,8 +37,9 @@ from .postgres import (connect, database_exists, drop_database, first_line, list
 log = logging.getLogger(__name__)
 
 SWAP_ATTEMPTS = 5
-#: how long a swap waits for the sessions it ended to be gone before renaming (the rename itself
-#: would wait for them in steps of 100 ms, inside the freeze window of a cutover)
+#: how long a swap waits for the sessions it ended on a database closed to connections to be
+#: gone before renaming it (`_wait_if_closed`; the rename itself would wait for them in steps of
+#: 100 ms, inside the freeze window of a cutover)
 SESSION_EXIT_WAIT = 0.5
 
 
@@ -132,10 +133,10 @@ def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *
                     recheck(conn)
                 if existed:
                     terminate_sessions(conn, target)
-                    wait_sessions_gone(conn, target, timeout=SESSION_EXIT_WAIT)
+                    _wait_if_closed(conn, target)
                     rename_database(conn, target, prev)
                 terminate_sessions(conn, build)
-                wait_sessions_gone(conn, build, timeout=SESSION_EXIT_WAIT)
+                _wait_if_closed(conn, build)
                 rename_database(conn, build, target)
                 row = conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s", (target,)).fetchone()
                 if row is None or int(row[0]) != build_oid:
@@ -169,6 +170,17 @@ def swap_in(conn: psycopg.Connection, target: str, build: str, build_oid: int, *
 def close_build(conn: psycopg.Connection, build: str) -> None:
     """Refuse new connections to the build (everyone's, superusers' too) until the swap."""
     conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(build)))
+
+
+def _wait_if_closed(conn: psycopg.Connection, dbname: str) -> None:
+    """Before renaming `dbname`, wait (milliseconds) for the sessions just ended to be gone,
+    when nobody can connect to it meanwhile (``ALLOW_CONNECTIONS false``: a build, a cutover's
+    closed A); the rename would wait for them in steps of 100 ms. A database open to connections
+    is renamed at once: the rename's lock keeps reconnecting clients out while it waits, and an
+    unlocked wait would let them back in (then the rename fails after 5 s)."""
+    row = conn.execute("SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = %s", (dbname,)).fetchone()
+    if row is not None and not row[0]:
+        wait_sessions_gone(conn, dbname, timeout=SESSION_EXIT_WAIT)
 
 
 class _NotOurs(Exception):

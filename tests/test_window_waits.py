@@ -64,3 +64,32 @@ def test_wait_sessions_gone_sees_a_session_leave_inside_a_transaction(pg):
                 assert time.monotonic() - t0 < 5.0
         finally:
             maint.execute("DROP DATABASE IF EXISTS waitgone")
+
+
+def test_a_swap_waits_for_exiting_sessions_only_where_nobody_can_reconnect(pg, monkeypatch):
+    """Found by the same review: polling for ended sessions before the rename, with no lock held,
+    let clients that reconnect at once back into a target open to connections (a dev database's
+    app), and the rename then failed after 5 s, at every attempt. Only databases closed to
+    connections are waited for; the open target is renamed under the rename's own lock."""
+    from snapdb import swap
+
+    waited: list[str] = []
+    real = swap.wait_sessions_gone
+    monkeypatch.setattr(swap, "wait_sessions_gone", lambda conn, db, **kw: waited.append(db) or real(conn, db, **kw))
+    with pg.connect() as maint:
+        for db in ("swapopen", "swapbuild"):
+            maint.execute(f"DROP DATABASE IF EXISTS {db}")
+        maint.execute("CREATE DATABASE swapopen")
+        maint.execute("CREATE DATABASE swapbuild")
+        oid = maint.execute("SELECT oid FROM pg_database WHERE datname = 'swapbuild'").fetchone()[0]
+        app = psycopg.connect(pg.conninfo("swapopen"), autocommit=True)  # a live session on the open target
+        try:
+            swap.close_build(maint, "swapbuild")
+            prev = swap.swap_in(maint, "swapopen", "swapbuild", oid)
+            assert waited == ["swapbuild"], waited
+            assert maint.execute("SELECT oid FROM pg_database WHERE datname = 'swapopen'").fetchone()[0] == oid
+        finally:
+            app.close()
+            for db in ("swapopen", "swapbuild", prev):
+                if db:
+                    maint.execute(f'DROP DATABASE IF EXISTS "{db}"')

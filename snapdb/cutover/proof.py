@@ -73,14 +73,16 @@ FLUSH_PREFIX = "snapdb.flush"
 def force_flush(conn: psycopg.Connection) -> bool:
     """Make the server flush its WAL now, past everything inserted so far: a transactional logical
     message (empty, prefix `FLUSH_PREFIX`, in `conn`'s database) committed with
-    ``synchronous_commit = on``, whose commit flushes the WAL up to itself. It changes no table,
+    ``synchronous_commit = local``, whose commit flushes the WAL up to itself (and waits for no
+    synchronous standby). It changes no table,
     sequence or catalog row; it takes a transaction ID. With ``synchronous_commit = off`` (or a
     commit that wrote no WAL) the server's own flush waits for the WAL writer, which flushes at
     most once per ``wal_writer_delay``; this costs a round trip instead. False when the session
     cannot (then the caller waits for the WAL writer)."""
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")
+            # local: flushed here, never waiting for a synchronous standby (which may be down)
+            conn.execute("SELECT pg_catalog.set_config('synchronous_commit', 'local', true)")
             conn.execute("SELECT pg_catalog.pg_logical_emit_message(true, %s, '')", (FLUSH_PREFIX,))
         return True
     except psycopg.Error:

@@ -516,7 +516,7 @@ def _finish(ctx: run.Context) -> None:
         "probes": f.get("probes"), "drain": f.get("drained"), "proof": f.get("proof"), "compare": f.get("compare"),
         "upgrade_before_freeze": f.get("upgrade_before"), "upgrade_during_freeze": f.get("upgrade_during"),
         "refreshed_matviews": f.get("refreshed"), "reverse": f.get("reverse"),
-        "freeze_window_seconds": f.get("freeze_window_seconds"),
+        "freeze_window_seconds": f.get("freeze_window_seconds"), "swap_parts": f.get("swap_parts"),
         "predicted_seconds": ((f.get("plan") or {}).get("prediction") or {}).get("seconds"),
         "steps": [asdict(s) for s in j.steps], "set_aside": f.get("set_aside"), "hooks": f.get("hooks", []),
         "os_user": j.os_user, "client_host": j.client_host, "started_at": j.started_at,

@@ -105,6 +105,14 @@ def _swap(ctx: run.Context) -> None:
     j = ctx.j
     build = j.facts["build"]
     j.begin(ctx.store, "swap")
+    parts: dict[str, float] = {}  # where the step's time went (the receipt's swap.parts)
+    mark = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        parts[name] = round(parts.get(name, 0.0) + now - mark[0], 4)
+        mark[0] = now
+
     bm = b_maint(ctx)
     gate = j.facts.get("b_gate")
     if gate is None:  # B gated: only snapdb connects until its snapshot is held and the reverse slot placed
@@ -114,27 +122,36 @@ def _swap(ctx: run.Context) -> None:
         j.note(ctx.store, b_gate=st_b.to_json())
     else:
         st_b = freeze.FreezeState.from_json(gate)
+    lap("gate_b")
     if same_server(ctx):
         aside = j.facts.get("aside") or names.pre_name(ctx.dbname, j.tag, mf.utcnow())
         j.note(ctx.store, aside=aside)
         swapping.close_build(ctx.maint, build["name"])
         run._end_sessions(ctx, build["name"], keep=None)
+        lap("close_b")
         _close_and_prove(ctx)
+        lap("close_and_prove_a")
         baseline = run._write_counters(ctx.maint, build["name"])
         swapping.swap_in(ctx.maint, ctx.dbname, build["name"], build["oid"], aside=aside)
+        lap("rename")
     else:
         aside, baseline = _swap_other_server(ctx, st_b)
+        lap("hook_and_renames")
     faults.checkpoint("cutover:swapped-unrecorded")
     j.note(ctx.store, swapped=True, aside=aside)
     swapped = time.time()
     _hold_b_snapshot(ctx)
+    lap("hold_b_snapshot")
     _place_reverse_slot(ctx)
     _ungate(ctx, st_b)
     j.note(ctx.store, ungated=True)
+    lap("ungate")
     open_at = _accepts_writes(ctx)
+    lap("first_writable_session")
     window = round(open_at - datetime.fromisoformat(ctx.st.started_at).timestamp(), 3)
     j.end(ctx.store, "swap", set_aside=aside, swapped_at=datetime.fromtimestamp(swapped).astimezone().isoformat(),
-          freeze_window_seconds=window, swap_to_writable_seconds=round(open_at - swapped, 3), b_counters=baseline)
+          freeze_window_seconds=window, swap_to_writable_seconds=round(open_at - swapped, 3), b_counters=baseline,
+          swap_parts=parts)
     ctx.result.freeze_window_seconds = window
     ctx.result.set_aside = aside
     if same_server(ctx):
