@@ -7,8 +7,9 @@ the new database that can write) does the same work at every cutover: `COUNTS` s
 does each thing below, as counted by profiling a same-server cutover of the test service
 (docs/replicate-window.md, "The first prediction"). `measure` times each on A, now, as often as
 the window does it (`REPEATS`: fewer round trips), in `PASSES` passes, and keeps each part's
-median and its fastest time (what the prediction uses), so that one slow moment does not decide (a pass that met a stall of the machine is done
-again); it also counts the client sessions on A, which the freeze drains and the swap ends:
+median and its fastest time (what the prediction uses), so that one slow moment does not decide
+(a pass that met a stall of the machine is done again); it also counts the client sessions on A,
+which the freeze drains and the swap ends:
 
 - ``connect_a`` / ``connect_b``: opening a session on A's server / on B's (B's is A's figure
   when B is built on A's server);
