@@ -305,7 +305,7 @@ def _fence(ctx: run.Context, rep: str) -> None:
                               "replication does not carry schema changes")
         t0 = time.monotonic()
         lsn = proof.wait_flushed(a, flush_via=ctx.maint)
-        flushed = time.monotonic() - t0  # with synchronous_commit off, the WAL writer's delay (`rwindow`)
+        flushed = time.monotonic() - t0  # forced (`proof.force_flush`): a round trip, not the WAL writer's delay
         with _b(ctx) as b:
             waited = follow.wait_for(a, b, rep, rep, lsn, timeout=max(30.0, float(j.facts.get("drain_timeout", 5))),
                                      poll=0.002)

@@ -14,11 +14,10 @@ import time
 from datetime import datetime
 
 import psycopg
-from psycopg import sql
 
 from .. import faults, manifest as mf, names, relations
 from ..errors import SnapdbError, TargetError
-from ..postgres import first_line, open_data_session, wait_sessions_gone
+from ..postgres import first_line, open_data_session, rename_database, wait_sessions_gone
 from . import freeze, hooks, run
 from .rsides import b as _b, b_maint, b_server, same_server
 
@@ -178,7 +177,7 @@ def _swap_other_server(ctx: run.Context, st_b: freeze.FreezeState) -> tuple[str,
     _close_and_prove(ctx)
     run._end_sessions(ctx, ctx.dbname, keep=None)
     wait_sessions_gone(ctx.maint, ctx.dbname, timeout=swapping.SESSION_EXIT_WAIT)
-    ctx.maint.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(ctx.dbname), sql.Identifier(aside)))
+    rename_database(ctx.maint, ctx.dbname, aside)
     faults.checkpoint("cutover:a-set-aside")
     swapping.close_build(bm, build["name"])
     baseline = run._write_counters(bm, build["name"])

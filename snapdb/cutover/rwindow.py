@@ -8,8 +8,7 @@ does each thing below, as counted by profiling a same-server cutover of the test
 (docs/replicate-window.md, "The first prediction"). `measure` times each on A, now, as often as
 the window does it (`REPEATS`: fewer round trips), in `PASSES` passes, and keeps each part's
 median and its fastest time (what the prediction uses), so that one slow moment does not decide
-(a pass that met a stall of the machine is done again); it also counts the client sessions on A,
-which the freeze drains and the swap ends:
+(a pass that met a stall of the machine is done again):
 
 - ``connect_a`` / ``connect_b``: opening a session on A's server / on B's (B's is A's figure
   when B is built on A's server);
@@ -87,8 +86,9 @@ FLUSH_SECONDS = 0.004
 #: the longest the lock measurement waits for a DDL statement's lock
 LOCK_WAIT = 1.0
 #: `PASSES` passes are made over the parts (the counts aside, timed once after them), each
-#: normally a few tenths of a second, and each part's figure is the median of the passes' (one
-#: pass's figures vary by ±20% on the shared machine; three by about half that); a pass slower
+#: normally a few tenths of a second; each part's median is the median of the passes' and its
+#: fastest time (what `constant` uses) the fastest of them (one pass's figures vary by ±20% on the
+#: shared machine); a pass slower
 #: than `SLOW_PASS` met a stall of the machine (seconds of it were seen on the shared test
 #: machine) and one more is made, the slowest left out, up to `MAX_PASSES` passes; no pass starts
 #: after `MAX_MEASURE` seconds
@@ -104,7 +104,7 @@ def _lock_all(conn: psycopg.Connection) -> None:
         with conn.transaction(force_rollback=True):
             conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{int(LOCK_WAIT * 1000)}ms",))
             tables = conn.execute(LOCKABLE_SQL).fetchall()  # the tables a freeze locks (hold.TableHold's list)
-            for stmt in lock_statements([tuple(t) for t in tables], "ACCESS SHARE"):
+            for stmt in lock_statements(tables, "ACCESS SHARE"):
                 conn.execute(stmt)
     except psycopg.errors.LockNotAvailable:
         pass
@@ -209,13 +209,6 @@ def measure(conn: psycopg.Connection, ep: Endpoint, *, b_ep: Endpoint | None, b_
     unmeasured += failed
     if scripts_seconds is not None:
         out["scripts"] = means["scripts"] = low["scripts"] = scripts_seconds
-    try:  # the client sessions the freeze will drain and the swap end
-        sessions = int(conn.execute(
-            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' "
-            "AND pid <> pg_catalog.pg_backend_pid()", (dbname,)).fetchone()[0])
-    except psycopg.Error as exc:
-        sessions = 0
-        unmeasured.append(f"sessions: {str(exc).splitlines()[0]}")
     settings = {}
     try:
         settings["synchronous_commit"] = conn.execute("SHOW synchronous_commit").fetchone()[0]
@@ -224,7 +217,7 @@ def measure(conn: psycopg.Connection, ep: Endpoint, *, b_ep: Endpoint | None, b_
     except psycopg.Error as exc:
         unmeasured.append(f"settings: {str(exc).splitlines()[0]}")
     return {"seconds": {k: round(v, 6) for k, v in out.items()}, "mean_seconds": {k: round(v, 6) for k, v in means.items()},
-            "low_seconds": {k: round(v, 6) for k, v in low.items()}, "sessions": sessions,
+            "low_seconds": {k: round(v, 6) for k, v in low.items()},
             "unmeasured": unmeasured, "settings": settings, "passes": len(passes),
             "took_seconds": round(time.perf_counter() - began, 3)}
 
